@@ -1,0 +1,40 @@
+# Two commands matter: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit lint bench deps clean
+
+$(STAMP): source/requirements.txt requirements-dev.txt
+	@command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || \
+	  { echo "installing mariadb-server (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server mariadb-client >/dev/null; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $(STAMP)
+
+deps: $(STAMP)
+
+## Run the whole test suite (unit + integration on throwaway MariaDB servers).
+test: $(STAMP)
+	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check source tests bench
+
+## Start two local MariaDB servers with a demo schema and run the daemon against them.
+demo: $(STAMP)
+	$(PY) bench/demo.py
+
+## Benchmark against plain dlt and the raw LOAD DATA pipe; writes bench/RESULTS.md.
+bench: $(STAMP)
+	$(PY) bench/run_bench.py
+
+clean:
+	rm -rf $(VENV) .demo staging .dlt_pipelines

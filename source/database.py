@@ -1,0 +1,172 @@
+"""SQLAlchemy engines for the source and the target, their session settings, and pool status.
+
+Every connection pins ``time_zone='+00:00'`` so TIMESTAMP values never shift, whatever the
+servers' or the container's time zone. Target sessions also pin ``sql_mode`` (strict, so a value
+that does not fit fails instead of being silently truncated) and a statement time limit.
+Engines are created by :func:`create_engines` and disposed by whoever called it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import pymysql
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from config import DatabaseSettings, Settings
+from error_handling import ShutdownRequested
+
+logger = logging.getLogger("dlt_sync.database")
+
+
+def quote_identifier(name: str) -> str:
+    """Backtick-quote an identifier that already passed the identifier pattern."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _ssl_args(db: DatabaseSettings) -> dict[str, Any] | None:
+    if not db.uses_tls:
+        return None
+    ssl: dict[str, Any] = {}
+    if db.ssl_ca:
+        ssl["ca"] = db.ssl_ca
+    if db.ssl_cert:
+        ssl["cert"] = db.ssl_cert
+    if db.ssl_key:
+        ssl["key"] = db.ssl_key
+    ssl["check_hostname"] = db.ssl_verify
+    if not db.ssl_verify:
+        ssl["verify_mode"] = False
+    return ssl
+
+
+def session_init_sql(db: DatabaseSettings, settings: Settings) -> str:
+    """The ``init_command`` run on every new connection of ``db``."""
+    statements = ["SET time_zone='+00:00'", "SET NAMES utf8mb4 COLLATE utf8mb4_bin"]
+    if db.role == "target":
+        mode = settings.target_sql_mode.replace("'", "")
+        statements.append(f"SET SESSION sql_mode='{mode}'")
+        statements.append(f"SET SESSION innodb_lock_wait_timeout={int(settings.lock_wait_timeout)}")
+        statements.append(f"SET SESSION lock_wait_timeout={int(settings.lock_wait_timeout)}")
+    else:
+        # Large extractions stream for minutes; let the server wait for a slow reader.
+        statements.append("SET SESSION net_write_timeout=600")
+    return "; ".join(statements)
+
+
+def connect_args(db: DatabaseSettings, settings: Settings) -> dict[str, Any]:
+    """pymysql keyword arguments shared by SQLAlchemy pools and direct connections."""
+    args: dict[str, Any] = {
+        "connect_timeout": db.connect_timeout,
+        "read_timeout": db.read_timeout,
+        "write_timeout": db.write_timeout,
+        "charset": "utf8mb4",
+        "init_command": session_init_sql(db, settings),
+        "client_flag": pymysql.constants.CLIENT.MULTI_STATEMENTS,
+        "local_infile": db.role == "target",
+    }
+    ssl = _ssl_args(db)
+    if ssl is not None:
+        args["ssl"] = ssl
+    return args
+
+
+def sqlalchemy_url(db: DatabaseSettings) -> URL:
+    """The SQLAlchemy URL (its ``str()`` masks the password)."""
+    return URL.create(
+        "mysql+pymysql", username=db.user, password=db.password or None, host=db.host, port=db.port, database=db.name
+    )
+
+
+def connectorx_url(db: DatabaseSettings) -> str:
+    """URL for connectorx; contains the password, so it must never be logged."""
+    password = quote(db.password, safe="")
+    user = quote(db.user, safe="")
+    auth = f"{user}:{password}" if db.password else user
+    return f"mysql://{auth}@{db.host}:{db.port}/{quote(db.name, safe='')}"
+
+
+def create_engine(db: DatabaseSettings, settings: Settings) -> Engine:
+    """A pooled engine for ``db`` with bounded connect/read timeouts and pre-ping."""
+    return sa.create_engine(
+        sqlalchemy_url(db),
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_recycle=settings.pool_recycle,
+        pool_pre_ping=True,
+        connect_args=connect_args(db, settings),
+    )
+
+
+@dataclass
+class Engines:
+    """The source and target engines plus the write-transaction limiter."""
+
+    source: Engine
+    target: Engine
+    settings: Settings
+    write_slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.write_slots = threading.BoundedSemaphore(self.settings.max_concurrent_transactions)
+
+    def dispose(self) -> None:
+        """Close every pooled connection of both engines."""
+        self.source.dispose()
+        self.target.dispose()
+
+    def rebuild(self, role: str) -> None:
+        """Drop the pool of ``role`` after a lost connection; new connections are made lazily."""
+        engine = self.source if role == "source" else self.target
+        logger.warning("CONNECTION_POOL - RECOVERY - rebuilding the %s connection pool", role)
+        engine.dispose()
+
+    @contextmanager
+    def write_slot(self, stop_event: threading.Event) -> Iterator[None]:
+        """Hold one of ``MAX_CONCURRENT_TRANSACTIONS`` target write slots."""
+        while not self.write_slots.acquire(timeout=0.5):
+            if stop_event.is_set():
+                raise ShutdownRequested("shutdown requested while waiting for a write slot")
+        try:
+            yield
+        finally:
+            self.write_slots.release()
+
+
+def create_engines(settings: Settings) -> Engines:
+    """Create both engines; the caller disposes them with :meth:`Engines.dispose`."""
+    return Engines(
+        source=create_engine(settings.source, settings),
+        target=create_engine(settings.target, settings),
+        settings=settings,
+    )
+
+
+def pool_status(engine: Engine) -> dict[str, Any]:
+    """Size, checked-out and overflow counts of ``engine``'s pool (no database query)."""
+    pool = engine.pool
+    size = getattr(pool, "size", lambda: 0)()
+    checked_out = getattr(pool, "checkedout", lambda: 0)()
+    overflow = max(getattr(pool, "overflow", lambda: 0)(), 0)
+    capacity = size + max(getattr(pool, "_max_overflow", 0), 0)
+    return {
+        "pool_size": size,
+        "checked_out": checked_out,
+        "overflow": overflow,
+        "utilization_percent": round(100.0 * checked_out / capacity, 1) if capacity else 0.0,
+    }
+
+
+def server_allows_local_infile(engine: Engine) -> bool:
+    """Whether the target accepts ``LOAD DATA LOCAL INFILE`` from this client."""
+    with engine.connect() as conn:
+        value = conn.exec_driver_sql("SELECT @@GLOBAL.local_infile").scalar()
+    return bool(int(value or 0))
