@@ -1,0 +1,114 @@
+"""How values travel: exact projections on the source, load expressions on the target, and the
+vectorised encoding of Arrow batches into ``LOAD DATA`` input.
+
+Every value leaves the source as MySQL's own text representation (or as raw bytes for binary
+types) and is parsed back by the target server into the identical column type. Nothing is
+converted through Python or float: DECIMAL, unsigned BIGINT, zero dates, negative TIME and
+fractional seconds survive by construction. The few types whose text form is lossy get an exact
+detour: FLOAT goes through DOUBLE, BIT through its unsigned integer, TIMESTAMP through its epoch
+value (immune to either server's time zone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from database import quote_identifier as q
+from schema_management import Column
+
+TEXT_FROM_SERVER_TYPES = frozenset({"float"})
+
+
+def extract_expression(col: Column) -> str:
+    """SQL expression selecting ``col`` on the source in its exact transport form."""
+    name = q(col.name)
+    if col.data_type == "bit":
+        return f"CAST(CAST({name} AS UNSIGNED) AS CHAR)"
+    if col.data_type == "float":
+        # FLOAT's text form keeps ~6 digits (16777217 shows as 16777200); DOUBLE's is exact.
+        return f"CAST(CAST({name} AS DOUBLE) AS CHAR)"
+    if col.data_type == "timestamp":
+        # The epoch value does not depend on any session or server time zone.
+        return f"CAST(UNIX_TIMESTAMP({name}) AS CHAR)"
+    if col.is_binary:
+        if col.data_type in {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}:
+            return name
+        return f"CAST({name} AS BINARY)"  # geometry: its internal WKB-with-SRID bytes
+    if col.charset is not None:
+        return name if col.charset == "utf8mb4" else f"CONVERT({name} USING utf8mb4)"
+    return f"CAST({name} AS CHAR)"
+
+
+def load_expression(col: Column, raw: str) -> str:
+    """SQL expression turning the transported bytes ``raw`` back into ``col``'s value."""
+    if col.data_type == "bit":
+        return f"CAST({raw} AS UNSIGNED)"
+    if col.data_type == "timestamp":
+        return (
+            f"IF({raw} IS NULL, NULL, IF(CAST({raw} AS DECIMAL(20,6)) = 0, '0000-00-00 00:00:00', "
+            f"FROM_UNIXTIME(CAST({raw} AS DECIMAL(20,6)))))"
+        )
+    if col.is_binary:
+        return raw
+    if col.charset is not None:
+        return f"CONVERT({raw} USING utf8mb4)"
+    return raw
+
+
+def select_list(columns: Sequence[Column]) -> str:
+    """The source SELECT list for ``columns``, each aliased to its own name."""
+    return ", ".join(f"{extract_expression(c)} AS {q(c.name)}" for c in columns)
+
+
+_ESCAPES = ((b"\\", b"\\\\"), (b"\t", b"\\t"), (b"\n", b"\\n"), (b"\x00", b"\\0"))
+
+
+def _escaped_column(array: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type):
+        array = array.cast(pa.large_binary())
+    elif not pa.types.is_binary(array.type):
+        if not (pa.types.is_string(array.type) or pa.types.is_binary(array.type)):
+            array = pc.cast(array, pa.string())
+        array = array.cast(pa.binary())
+    for old, new in _ESCAPES:
+        array = pc.replace_substring(array, old, new)
+    return pc.fill_null(array, pa.scalar(b"\\N", type=array.type))
+
+
+def encode_tsv(table: pa.Table) -> bytes:
+    """``LOAD DATA`` input for ``table``: tab-separated, ``\\``-escaped, ``\\N`` for NULL.
+
+    Runs entirely in Arrow kernels (no Python per row): each column is escaped, the columns
+    are joined row-wise with tabs, and the rows' buffer is taken as the file body.
+    """
+    if table.num_rows == 0:
+        return b""
+    columns = [_escaped_column(table.column(i)) for i in range(table.num_columns)]
+    if any(pa.types.is_large_binary(c.type) for c in columns):
+        columns = [c.cast(pa.large_binary()) for c in columns]
+    row_type = columns[0].type
+    terminator = pa.scalar(b"", type=row_type)
+    tab = pa.scalar(b"\t", type=row_type)
+    lines = pc.binary_join_element_wise(*columns, terminator, tab) if len(columns) > 1 else columns[0]
+    if len(columns) > 1:
+        # binary_join_element_wise put a tab before the empty terminator; swap it for a newline.
+        lines = pc.binary_replace_slice(lines, start=-1, stop=2**31 - 1, replacement=b"\n")
+    else:
+        lines = pc.binary_join_element_wise(lines, terminator, pa.scalar(b"\n", type=row_type))
+    lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+    offsets_type = "q" if pa.types.is_large_binary(lines.type) else "i"
+    offsets = memoryview(lines.buffers()[1]).cast(offsets_type)
+    start = offsets[lines.offset]
+    end = offsets[lines.offset + len(lines)]
+    return lines.buffers()[2].to_pybytes()[start:end]
+
+
+def rows_as_parameters(table: pa.Table) -> list[tuple[object, ...]]:
+    """Python tuples for the multi-row INSERT fallback (str/bytes/None only)."""
+    columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    return list(zip(*columns, strict=True))

@@ -1,0 +1,369 @@
+"""Per-table sync (incremental or full refresh) and the cycle over all tables in batches.
+
+Incremental: the lower bound is ``max(modifier)`` in the target minus the lookback window (or a
+bound left pending by an unfinished load); a cheap fingerprint of the window on both sides
+(count, max and a checksum of key+modifier, answered from the modifier index) skips tables where
+nothing changed; otherwise the window is extracted and upserted chunk by chunk.
+
+Full refresh: skipped when ``CHECKSUM TABLE`` matches; otherwise a shadow table is loaded and
+swapped in with one atomic ``RENAME TABLE`` so readers never see an empty or half-filled table.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from dlt.extract.exceptions import ResourceExtractionError
+from sqlalchemy.engine import Connection
+
+from config import PipelineMode, Settings, TableSpec
+from database import Engines, server_allows_local_infile
+from database import quote_identifier as q
+from error_handling import (
+    DatabaseError,
+    DataError,
+    SchemaError,
+    ShutdownRequested,
+    SyncError,
+    call_with_retries,
+    describe_error,
+    is_connection_error,
+    mysql_error_code,
+    retry_kwargs,
+)
+from extraction import Backend, choose_backend, extract
+from index_management import advise_source_modifier_index, check_merge_key, ensure_modifier_index
+from monitoring import SyncStatus
+from schema_management import TableDefinition, ensure_target_table
+from sync_state import ensure_state_table, mark_done, mark_pending, read_state
+from target_loader import LoadPath, TargetLoader
+
+logger = logging.getLogger("dlt_sync.pipeline_management")
+
+TEMPORAL_TYPES = frozenset({"date", "datetime", "timestamp"})
+
+
+@dataclass
+class TableResult:
+    """Outcome of one table in one cycle."""
+
+    table: str
+    ok: bool
+    rows: int = 0
+    seconds: float = 0.0
+    skipped: bool = False
+    watermark: str | None = None
+    mode: str = ""
+    backend: str = ""
+    error: str | None = None
+    category: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def error_category(exc: BaseException) -> str:
+    """The health ``error_summary`` bucket of ``exc``."""
+    code = mysql_error_code(exc)
+    if is_connection_error(exc) or code in {2003, 1040}:
+        return "connection_errors"
+    if code in {1205, 1213}:
+        return "lock_timeout_errors"
+    if isinstance(exc, SchemaError) or code in {1146, 1054}:
+        return "schema_errors"
+    if isinstance(exc, DataError):
+        return "data_errors"
+    return "other_errors"
+
+
+def table_mode(spec: TableSpec, settings: Settings) -> PipelineMode:
+    """The table's own ``mode`` from tables.json, else the global ``PIPELINE_MODE``."""
+    return spec.mode or settings.pipeline_mode
+
+
+StagerFactory = Callable[[str], AbstractContextManager[Any]]
+
+
+class TableSyncer:
+    """Syncs configured tables from the source to the target."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        settings: Settings,
+        status: SyncStatus,
+        stop_event: threading.Event,
+        metrics: Any = None,
+    ) -> None:
+        self.engines = engines
+        self.settings = settings
+        self.status = status
+        self.stop_event = stop_event
+        self.metrics = metrics
+        self._load_path: LoadPath | None = None
+        self._prepared = False
+        self._advised: set[str] = set()
+
+    # ----------------------------------------------------------------- set-up
+    def load_path(self) -> LoadPath:
+        """``load_data`` when the target allows LOCAL INFILE, else ``insert`` (checked once)."""
+        if self._load_path is None:
+            allowed = server_allows_local_infile(self.engines.target)
+            self._load_path = "load_data" if allowed else "insert"
+            logger.info(
+                "LOADER - DETECT - target %s LOCAL INFILE: loading with %s",
+                "allows" if allowed else "refuses",
+                "LOAD DATA LOCAL INFILE" if allowed else "multi-row INSERT (slower fallback)",
+            )
+        return self._load_path
+
+    def prepare(self) -> None:
+        """Create the bookkeeping table and detect the load path (once; cheap to call again)."""
+        if self._prepared:
+            return
+        with self.engines.target.begin() as conn:
+            ensure_state_table(conn)
+        self.load_path()
+        self._prepared = True
+
+    # ----------------------------------------------------------------- cycle
+    def run_cycle(self, specs: Sequence[TableSpec]) -> list[TableResult]:
+        """Sync every table in batches of ``BATCH_SIZE``; one failure never stops the others."""
+        results: list[TableResult] = []
+        batches = [specs[i : i + self.settings.batch_size] for i in range(0, len(specs), self.settings.batch_size)]
+        for number, batch in enumerate(batches, start=1):
+            if self.stop_event.is_set():
+                break
+            started = time.monotonic()
+            logger.debug(
+                "SYNC_ENGINE - BATCH_PROCESSING - batch %d/%d: %s", number, len(batches), [s.table for s in batch]
+            )
+            for spec in batch:
+                if self.stop_event.is_set():
+                    break
+                results.append(self.sync_table(spec))
+            if self.metrics is not None:
+                self.metrics.observe_batch(time.monotonic() - started)
+            if number < len(batches) and self.settings.batch_delay and self.stop_event.wait(self.settings.batch_delay):
+                break
+        return results
+
+    def sync_table(self, spec: TableSpec) -> TableResult:
+        """Sync one table; errors are caught, classified, logged and reported, never raised."""
+        self.status.table_started(spec.table)
+        started = time.monotonic()
+        mode = table_mode(spec, self.settings)
+        try:
+            result = call_with_retries(
+                lambda: self._sync(spec, mode),
+                what=f"syncing {spec.table}",
+                stop_event=self.stop_event,
+                on_retry=self._on_retry,
+                **retry_kwargs(self.settings),
+            )
+        except ShutdownRequested as exc:
+            result = TableResult(spec.table, ok=False, mode=mode, error=str(exc), category="other_errors")
+        except (SyncError, Exception) as exc:  # noqa: BLE001 - one table's failure must not stop the others
+            message = describe_error(exc)
+            category = error_category(exc)
+            logger.error("SYNC_ENGINE - TABLE_SYNC - %s failed: %s", spec.table, message)
+            logger.debug("SYNC_ENGINE - TABLE_SYNC - %s traceback", spec.table, exc_info=True)
+            result = TableResult(spec.table, ok=False, mode=mode, error=message, category=category)
+        result.seconds = time.monotonic() - started
+        self._report(spec, result)
+        return result
+
+    def _on_retry(self, exc: BaseException) -> None:
+        if is_connection_error(exc):
+            self.engines.rebuild("source")
+            self.engines.rebuild("target")
+
+    def _report(self, spec: TableSpec, result: TableResult) -> None:
+        if result.ok:
+            rate = result.rows / result.seconds if result.seconds > 0 else 0.0
+            logger.info(
+                "SYNC_ENGINE - TABLE_SYNC - %s: %s, %d rows in %.2fs (%.0f rows/s), mode %s%s, watermark %s",
+                spec.table,
+                "unchanged, skipped" if result.skipped else spec.strategy,
+                result.rows,
+                result.seconds,
+                rate,
+                result.mode,
+                f"/{result.backend}" if result.backend else "",
+                result.watermark,
+            )
+            self.status.table_succeeded(
+                spec.table, result.rows, result.seconds, watermark=result.watermark,
+                newest_modifier=result.details.get("newest_modifier"), skipped=result.skipped, mode=result.mode,
+            )
+        else:
+            self.status.table_failed(spec.table, result.error or "failed", result.category or "other_errors")
+        if self.metrics is not None:
+            self.metrics.observe_table(spec.table, result.seconds, result.rows, result.ok, result.category)
+
+    # ----------------------------------------------------------------- one table
+    def _sync(self, spec: TableSpec, mode: PipelineMode) -> TableResult:
+        with self.engines.source.connect() as source, self.engines.target.connect() as target:
+            source_def, _changes = ensure_target_table(source, target, spec.table)
+            missing = [c for c in spec.primary_key if source_def.column(c) is None]
+            if missing:
+                raise SchemaError(f"table {spec.table!r}: primary_key column(s) {missing} do not exist in the source")
+            check_merge_key(source, spec.table, spec.primary_key)
+            if spec.strategy == "incremental":
+                return self._incremental(spec, mode, source, target, source_def)
+            return self._full_refresh(spec, mode, source, target, source_def)
+
+    def _chunk_rows(self, spec: TableSpec) -> int:
+        return spec.batch_size or self.settings.chunk_size
+
+    def _stream(self, spec: TableSpec, mode: PipelineMode, source_def: TableDefinition, lower: str | None, backend: Backend) -> AbstractContextManager[Iterator[pa.Table]]:
+        batches = extract(self.engines, self.settings, source_def, spec.modifier, lower, self._chunk_rows(spec), backend)
+        if mode == "file_staging":
+            from file_staging import staged_batches
+
+            return staged_batches(self.settings, spec.table, batches)
+        return nullcontext(batches)
+
+    def _load(self, spec: TableSpec, mode: PipelineMode, source_def: TableDefinition, table: str, lower: str | None, into_empty: bool) -> tuple[int, str]:
+        backend = choose_backend(self.settings, source_def, spec.modifier)
+        loader = TargetLoader(self.engines, self.settings, self.stop_event, self.load_path())
+        try:
+            with self._stream(spec, mode, source_def, lower, backend) as batches:
+                rows = loader.load(table, source_def.columns, spec.primary_key, batches, into_empty=into_empty, chunk_rows=self._chunk_rows(spec))
+        except ResourceExtractionError as exc:
+            if backend != "connectorx" or mysql_error_code(exc) is not None:
+                raise
+            # connectorx could not read this table (an unsupported type): pyarrow reads it exactly.
+            logger.warning("EXTRACTION - FALLBACK - %s: connectorx failed (%s); using pyarrow", spec.table, describe_error(exc))
+            backend = "pyarrow"
+            with self._stream(spec, mode, source_def, lower, backend) as batches:
+                rows = loader.load(table, source_def.columns, spec.primary_key, batches, into_empty=into_empty, chunk_rows=self._chunk_rows(spec))
+        return rows, backend
+
+    def _incremental(self, spec: TableSpec, mode: PipelineMode, source: Connection, target: Connection, source_def: TableDefinition) -> TableResult:
+        modifier = spec.modifier
+        assert modifier is not None
+        mod_col = source_def.column(modifier)
+        if mod_col is None:
+            raise SchemaError(f"table {spec.table!r}: modifier column {modifier!r} does not exist in the source")
+        ensure_modifier_index(target, spec.table, modifier)
+        if spec.table not in self._advised:
+            advise_source_modifier_index(source, spec.table, modifier)
+            self._advised.add(spec.table)
+        state = read_state(target, spec.table)
+        target_max, lower = self._target_watermark(target, spec.table, modifier, mod_col.data_type)
+        into_empty = False
+        if state is not None and state.pending:
+            lower = state.pending_from  # an unfinished load: read again from where it started
+        elif target_max is None:
+            into_empty = not self._has_rows(target, spec.table)
+            lower = None
+        if lower is not None and self._window_matches(source, target, spec, lower):
+            return TableResult(spec.table, ok=True, skipped=True, watermark=target_max, mode=mode)
+        mark_pending(target, spec.table, lower)
+        target.commit()
+        rows, backend = self._load(spec, mode, source_def, spec.table, lower, into_empty)
+        new_max, _ = self._target_watermark(target, spec.table, modifier, mod_col.data_type)
+        mark_done(target, spec.table, rows, new_max)
+        target.commit()
+        return TableResult(spec.table, ok=True, rows=rows, watermark=new_max, mode=mode, backend=backend,
+                           details={"lower_bound": lower, "newest_modifier": new_max})
+
+    def _target_watermark(self, target: Connection, table: str, modifier: str, data_type: str) -> tuple[str | None, str | None]:
+        """(max modifier, lower bound = max minus lookback) in the target, as strings."""
+        target.rollback()  # a fresh snapshot: see what committed loads wrote
+        if data_type in TEMPORAL_TYPES:
+            lookback = int(self.settings.lookback_seconds)
+            row = target.exec_driver_sql(
+                f"SELECT CAST(MAX({q(modifier)}) AS CHAR), CAST(MAX({q(modifier)}) - INTERVAL {lookback} SECOND AS CHAR) "
+                f"FROM {q(table)}"
+            ).fetchone()
+        else:
+            row = target.exec_driver_sql(f"SELECT CAST(MAX({q(modifier)}) AS CHAR), CAST(MAX({q(modifier)}) AS CHAR) FROM {q(table)}").fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    @staticmethod
+    def _has_rows(conn: Connection, table: str) -> bool:
+        return conn.exec_driver_sql(f"SELECT 1 FROM {q(table)} LIMIT 1").first() is not None
+
+    @staticmethod
+    def _window_fingerprint(conn: Connection, spec: TableSpec, lower: str) -> tuple[Any, ...]:
+        modifier = q(spec.modifier or "")
+        parts = ", ".join([*(q(k) for k in spec.primary_key), modifier])
+        row = conn.exec_driver_sql(
+            f"SELECT COUNT(*), CAST(MAX({modifier}) AS CHAR), BIT_XOR(CRC32(CONCAT_WS(0x1f, {parts}))) "
+            f"FROM {q(spec.table)} WHERE {modifier} >= %s",
+            (lower,),
+        ).fetchone()
+        return tuple(row)
+
+    def _window_matches(self, source: Connection, target: Connection, spec: TableSpec, lower: str) -> bool:
+        """True when the target already holds exactly the source's (key, modifier) pairs in the window."""
+        source.rollback()
+        return self._window_fingerprint(source, spec, lower) == self._window_fingerprint(target, spec, lower)
+
+    @staticmethod
+    def _checksum(conn: Connection, table: str) -> Any:
+        return conn.exec_driver_sql(f"CHECKSUM TABLE {q(table)}").fetchone()[1]
+
+    def _full_refresh(self, spec: TableSpec, mode: PipelineMode, source: Connection, target: Connection, source_def: TableDefinition) -> TableResult:
+        if self._checksum(source, spec.table) == self._checksum(target, spec.table):
+            return TableResult(spec.table, ok=True, skipped=True, mode=mode)
+        shadow = f"{spec.table[:52]}__dlt_new"
+        retired = f"{spec.table[:52]}__dlt_old"
+        target.exec_driver_sql(f"DROP TABLE IF EXISTS {q(shadow)}, {q(retired)}")
+        target.exec_driver_sql(f"CREATE TABLE {q(shadow)} LIKE {q(spec.table)}")
+        try:
+            rows, backend = self._load(spec, mode, source_def, shadow, None, into_empty=True)
+            # One atomic RENAME: readers see the old table or the new one, never neither.
+            target.exec_driver_sql(f"RENAME TABLE {q(spec.table)} TO {q(retired)}, {q(shadow)} TO {q(spec.table)}")
+            target.exec_driver_sql(f"DROP TABLE {q(retired)}")
+        except BaseException:
+            target.exec_driver_sql(f"DROP TABLE IF EXISTS {q(shadow)}")
+            raise
+        return TableResult(spec.table, ok=True, rows=rows, mode=mode, backend=backend)
+
+    # ----------------------------------------------------------------- --check
+    def plan(self, spec: TableSpec) -> dict[str, Any]:
+        """What a cycle would do for ``spec`` (strategy, mode, key, modifier, watermark)."""
+        plan: dict[str, Any] = {
+            "table": spec.table,
+            "strategy": spec.strategy,
+            "mode": table_mode(spec, self.settings),
+            "primary_key": list(spec.primary_key),
+            "modifier": spec.modifier,
+            "watermark": None,
+        }
+        with self.engines.source.connect() as source, self.engines.target.connect() as target:
+            from schema_management import describe_table, table_exists
+
+            if not table_exists(source, spec.table):
+                raise SchemaError(f"table {spec.table!r} does not exist in the source database")
+            source_def = describe_table(source, spec.table)
+            check_merge_key(source, spec.table, spec.primary_key)
+            plan["backend"] = choose_backend(self.settings, source_def, spec.modifier)
+            if spec.modifier:
+                col = source_def.column(spec.modifier)
+                if col is None:
+                    raise SchemaError(f"table {spec.table!r}: modifier column {spec.modifier!r} does not exist in the source")
+                if table_exists(target, spec.table):
+                    plan["watermark"] = self._target_watermark(target, spec.table, spec.modifier, col.data_type)[1]
+            plan["target_exists"] = table_exists(target, spec.table)
+        return plan
+
+
+def check_connectivity(engines: Engines) -> None:
+    """Open one connection to each database; raise DatabaseError with a credential-free reason."""
+    for role, engine in (("source", engines.source), ("target", engines.target)):
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - re-raised as a clear configuration error
+            db = engines.settings.source if role == "source" else engines.settings.target
+            message = f"cannot connect to the {role} database {db.describe()}: {describe_error(exc)}"
+            raise DatabaseError(message, mysql_error_code(exc), transient=False) from exc

@@ -1,0 +1,267 @@
+"""Exact target tables: created from the source's own definition and evolved with it.
+
+The target table is built from ``SHOW CREATE TABLE`` on the source, so column names, order, exact
+types (ENUM, SET, UNSIGNED, TINYINT(1), JSON, DECIMAL(p,s), DATETIME(fsp), GEOMETRY ...),
+nullability, defaults, character sets, collations, the primary key and secondary indexes are the
+source's. Foreign keys, triggers and the AUTO_INCREMENT counter are not copied.
+
+Evolution (TRD 5.2.3): a new source column is added with its exact type before rows using it
+load; a widened type widens the target; a dropped column stays in the target (made NULL-able so
+loads go on); a narrowing or incompatible change raises :class:`SchemaError` saying what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from database import quote_identifier as q
+from error_handling import SchemaError
+
+logger = logging.getLogger("dlt_sync.schema_management")
+
+_INTEGER_RANK = {"tinyint": 1, "smallint": 2, "mediumint": 3, "int": 4, "bigint": 5}
+_TEXT_RANK = {"tinytext": 1, "text": 2, "mediumtext": 3, "longtext": 4}
+_BLOB_RANK = {"tinyblob": 1, "blob": 2, "mediumblob": 3, "longblob": 4}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column as information_schema.COLUMNS describes it."""
+
+    name: str
+    data_type: str
+    column_type: str
+    nullable: bool
+    charset: str | None
+    collation: str | None
+
+    @property
+    def is_binary(self) -> bool:
+        """Values travel as raw bytes (binary strings, blobs, geometry)."""
+        return self.data_type in {
+            "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob",
+            "geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
+            "multipolygon", "geometrycollection",
+        }
+
+
+@dataclass
+class TableDefinition:
+    """Columns (in order) and the ``SHOW CREATE TABLE`` text of one table."""
+
+    name: str
+    columns: list[Column]
+    create_sql: str
+    definitions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column | None:
+        for col in self.columns:
+            if col.name.lower() == name.lower():
+                return col
+        return None
+
+
+@dataclass
+class SchemaChanges:
+    """What :func:`ensure_target_table` did, for logs and tests."""
+
+    created: bool = False
+    added: list[str] = field(default_factory=list)
+    widened: list[str] = field(default_factory=list)
+    kept_dropped: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.created or bool(self.added or self.widened)
+
+
+def fetch_columns(conn: Connection, table: str) -> list[Column]:
+    """Columns of ``table`` in the connection's current database, in ordinal order."""
+    rows = conn.exec_driver_sql(
+        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME "
+        "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
+        "ORDER BY ORDINAL_POSITION",
+        (table,),
+    ).fetchall()
+    return [
+        Column(
+            name=r[0],
+            data_type=str(r[1]).lower(),
+            column_type=str(r[2]).lower(),
+            nullable=r[3] == "YES",
+            charset=r[4],
+            collation=r[5],
+        )
+        for r in rows
+    ]
+
+
+def table_exists(conn: Connection, table: str) -> bool:
+    """Whether ``table`` exists (as a base table) in the connection's current database."""
+    return bool(
+        conn.exec_driver_sql(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (table,),
+        ).scalar()
+    )
+
+
+_COLUMN_LINE = re.compile(r"^\s*`((?:[^`]|``)+)`\s+(.*?),?$")
+_FOREIGN_KEY_LINE = re.compile(r"^\s*(CONSTRAINT\s+`(?:[^`]|``)+`\s+)?FOREIGN KEY\b", re.IGNORECASE)
+
+
+def column_definitions(create_sql: str) -> dict[str, str]:
+    """Column name -> its definition text, from a ``SHOW CREATE TABLE`` statement."""
+    definitions: dict[str, str] = {}
+    for line in create_sql.splitlines()[1:]:
+        match = _COLUMN_LINE.match(line)
+        if match:
+            definitions[match.group(1).replace("``", "`")] = match.group(2).rstrip(",")
+    return definitions
+
+
+def describe_table(conn: Connection, table: str) -> TableDefinition:
+    """Columns and ``SHOW CREATE TABLE`` of ``table``."""
+    create_sql = conn.exec_driver_sql(f"SHOW CREATE TABLE {q(table)}").fetchone()[1]
+    return TableDefinition(table, fetch_columns(conn, table), create_sql, column_definitions(create_sql))
+
+
+def target_create_sql(create_sql: str, name: str) -> str:
+    """Turn the source's ``SHOW CREATE TABLE`` into the target's: no foreign keys, no counter."""
+    lines = create_sql.splitlines()
+    body = [line for line in lines[1:-1] if not _FOREIGN_KEY_LINE.match(line)]
+    if body:
+        body[-1] = body[-1].rstrip().rstrip(",")
+    tail = re.sub(r"\s+AUTO_INCREMENT=\d+", "", lines[-1])
+    return "\n".join([f"CREATE TABLE {q(name)} (", *body, tail])
+
+
+def create_table_like_source(target: Connection, source_def: TableDefinition, name: str | None = None) -> None:
+    """Create ``name`` (default: the source table's name) in the target from the source definition."""
+    target.exec_driver_sql(target_create_sql(source_def.create_sql, name or source_def.name))
+
+
+def _parse_type(column_type: str) -> tuple[str, list[str], bool]:
+    """('decimal', ['10', '2'], unsigned) from 'decimal(10,2) unsigned'."""
+    match = re.match(r"^([a-z]+)(?:\((.*)\))?(.*)$", column_type.strip())
+    if not match:
+        return column_type, [], False
+    base, args, rest = match.group(1), match.group(2), match.group(3)
+    if base in {"enum", "set"}:
+        values = re.findall(r"'((?:[^']|'')*)'", args or "")
+        return base, values, False
+    parts = [p.strip() for p in args.split(",")] if args else []
+    return base, parts, "unsigned" in rest
+
+
+def is_widening(old: Column, new: Column) -> bool:
+    """Whether changing a target column from ``old`` to ``new`` loses no stored value."""
+    if old.column_type == new.column_type:
+        return True
+    o_base, o_args, o_uns = _parse_type(old.column_type)
+    n_base, n_args, n_uns = _parse_type(new.column_type)
+    if o_base in _INTEGER_RANK and n_base in _INTEGER_RANK:
+        if o_uns == n_uns:
+            return _INTEGER_RANK[n_base] >= _INTEGER_RANK[o_base]
+        return (not n_uns) and _INTEGER_RANK[n_base] > _INTEGER_RANK[o_base]
+    if o_base == "decimal" and n_base == "decimal" and o_uns == n_uns:
+        op, os_ = (int(o_args[0]), int(o_args[1]) if len(o_args) > 1 else 0) if o_args else (10, 0)
+        np_, ns = (int(n_args[0]), int(n_args[1]) if len(n_args) > 1 else 0) if n_args else (10, 0)
+        return ns >= os_ and (np_ - ns) >= (op - os_)
+    if (o_base, n_base) == ("float", "double"):
+        return True
+    same_charset = old.charset == new.charset
+    if o_base in {"varchar", "char"} and n_base in {"varchar", "char"} and same_charset:
+        return int(n_args[0]) >= int(o_args[0]) and not (o_base == "varchar" and n_base == "char")
+    if o_base in {"varchar", "char"} | set(_TEXT_RANK) and n_base in _TEXT_RANK and same_charset:
+        return o_base not in _TEXT_RANK or _TEXT_RANK[n_base] >= _TEXT_RANK[o_base]
+    if o_base in {"varbinary", "binary"} and n_base == "varbinary":
+        return int(n_args[0]) >= int(o_args[0])
+    if o_base in {"varbinary", "binary"} | set(_BLOB_RANK) and n_base in _BLOB_RANK:
+        return o_base not in _BLOB_RANK or _BLOB_RANK[n_base] >= _BLOB_RANK[o_base]
+    if o_base == n_base and o_base in {"datetime", "timestamp", "time"}:
+        return int((n_args or ["0"])[0]) >= int((o_args or ["0"])[0])
+    if o_base == n_base and o_base in {"enum", "set"}:
+        return n_args[: len(o_args)] == o_args  # values appended at the end keep their indexes
+    if o_base == n_base == "bit":
+        return int(n_args[0]) >= int(o_args[0])
+    return False
+
+
+def ensure_target_table(source: Connection, target: Connection, table: str) -> tuple[TableDefinition, SchemaChanges]:
+    """Create or evolve the target table so every source column can be loaded exactly.
+
+    Returns the source definition (used to build the extraction) and what changed.
+
+    Raises:
+        SchemaError: the source table is missing, has no key, or changed incompatibly.
+    """
+    if not table_exists(source, table):
+        raise SchemaError(f"table {table!r} does not exist in the source database")
+    source_def = describe_table(source, table)
+    changes = SchemaChanges()
+    if not table_exists(target, table):
+        create_table_like_source(target, source_def)
+        logger.info("SCHEMA_SYNC - CREATE - created target table %s from the source definition", table)
+        changes.created = True
+        return source_def, changes
+    target_cols = {c.name.lower(): c for c in fetch_columns(target, table)}
+    alters: list[str] = []
+    previous: str | None = None
+    for col in source_def.columns:
+        existing = target_cols.get(col.name.lower())
+        definition = source_def.definitions[col.name]
+        if existing is None:
+            position = f"AFTER {q(previous)}" if previous else "FIRST"
+            alters.append(f"ADD COLUMN {q(col.name)} {definition} {position}")
+            changes.added.append(col.name)
+        elif existing.column_type != col.column_type or existing.charset != col.charset:
+            if not is_widening(existing, col):
+                raise SchemaError(
+                    f"table {table!r} column {col.name!r} changed in the source from {existing.column_type} "
+                    f"to {col.column_type}, which could lose target data; alter the target column by hand "
+                    f"(ALTER TABLE {table} MODIFY {col.name} ...) or drop the target table to reload it"
+                )
+            alters.append(f"MODIFY COLUMN {q(col.name)} {definition}")
+            changes.widened.append(f"{col.name}: {existing.column_type} -> {col.column_type}")
+        elif existing.nullable is False and col.nullable:
+            alters.append(f"MODIFY COLUMN {q(col.name)} {definition}")
+            changes.widened.append(f"{col.name}: NOT NULL -> NULL")
+        previous = col.name
+    source_names = {c.name.lower() for c in source_def.columns}
+    target_def = None
+    for name, existing in target_cols.items():
+        if name in source_names:
+            continue
+        changes.kept_dropped.append(existing.name)
+        if not existing.nullable:
+            target_def = target_def or describe_table(target, table)
+            definition = target_def.definitions[existing.name]
+            # Keep the data but let rows without this column load: make it NULL-able.
+            relaxed = re.sub(r"\bNOT NULL\b", "NULL", definition, count=1)
+            alters.append(f"MODIFY COLUMN {q(existing.name)} {relaxed}")
+    if changes.kept_dropped:
+        logger.warning(
+            "SCHEMA_SYNC - DROPPED_COLUMN - %s: column(s) %s no longer exist in the source; kept in the target "
+            "(data is never dropped), new rows get NULL there",
+            table,
+            ", ".join(changes.kept_dropped),
+        )
+    if alters:
+        target.exec_driver_sql(f"ALTER TABLE {q(table)} " + ", ".join(alters))
+        logger.info("SCHEMA_SYNC - ALTER - %s: added %s, widened %s", table, changes.added, changes.widened)
+    return source_def, changes
+
+
+def key_columns_exist(source_def: TableDefinition, names: Any) -> list[str]:
+    """The names among ``names`` that are not columns of the source table."""
+    return [n for n in names if source_def.column(n) is None]

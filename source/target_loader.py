@@ -1,0 +1,188 @@
+"""Writes Arrow batches into the target in bounded chunks, each its own short transaction.
+
+Two paths, chosen once at start-up from the target's ``local_infile`` setting:
+
+* ``LOAD DATA LOCAL INFILE`` of the vectorised TSV encoding (``data_processing.encode_tsv``),
+* multi-row ``INSERT`` (pymysql batches ``executemany`` into large statements) when the target
+  refuses LOCAL INFILE.
+
+Into an empty table (first load, full-refresh shadow) rows go straight in. Into a table with rows
+they go through a per-connection temporary staging table and ``INSERT ... SELECT ... ON DUPLICATE
+KEY UPDATE`` on the table's own primary key: an idempotent upsert, never a ``DELETE``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from config import Settings
+from data_processing import encode_tsv, load_expression, rows_as_parameters
+from database import Engines
+from database import quote_identifier as q
+from error_handling import DataError, call_with_retries, is_connection_error, retry_kwargs
+from schema_management import Column
+
+logger = logging.getLogger("dlt_sync.target_loader")
+
+LoadPath = Literal["load_data", "insert"]
+
+
+def rechunk(batches: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Regroup a stream of Arrow tables into tables of exactly ``rows`` rows (the last may be short)."""
+    pending: list[pa.Table] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            combined = pa.concat_tables(pending, promote_options="permissive")
+            yield combined.slice(0, rows)
+            rest = combined.slice(rows)
+            pending = [rest] if rest.num_rows else []
+            count = rest.num_rows
+    if count:
+        yield pa.concat_tables(pending, promote_options="permissive")
+
+
+class TargetLoader:
+    """Applies chunks of rows to target tables."""
+
+    def __init__(self, engines: Engines, settings: Settings, stop_event: threading.Event, path: LoadPath) -> None:
+        self.engines = engines
+        self.settings = settings
+        self.stop_event = stop_event
+        self.path = path
+        self.tmpdir = Path(tempfile.gettempdir())
+
+    def load(
+        self,
+        table: str,
+        columns: Sequence[Column],
+        key: Sequence[str],
+        batches: Iterable[pa.Table],
+        *,
+        into_empty: bool,
+        chunk_rows: int,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write every row of ``batches`` into ``table``; returns the number of rows written."""
+        total = 0
+        for chunk in rechunk(batches, chunk_rows):
+            chunk = self._align(chunk, columns)
+            call_with_retries(
+                lambda chunk=chunk: self._apply_chunk(table, columns, key, chunk, into_empty),
+                what=f"loading {chunk.num_rows} rows into {table}",
+                stop_event=self.stop_event,
+                on_retry=self._on_retry,
+                **retry_kwargs(self.settings),
+            )
+            total += chunk.num_rows
+            if on_chunk is not None:
+                on_chunk(chunk.num_rows)
+        return total
+
+    def _on_retry(self, exc: BaseException) -> None:
+        if is_connection_error(exc):
+            self.engines.rebuild("target")
+
+    @staticmethod
+    def _align(chunk: pa.Table, columns: Sequence[Column]) -> pa.Table:
+        names = [c.name for c in columns]
+        if chunk.column_names != names:
+            chunk = chunk.select(names)
+        return chunk
+
+    def _apply_chunk(self, table: str, columns: Sequence[Column], key: Sequence[str], chunk: pa.Table, into_empty: bool) -> None:
+        with self.engines.write_slot(self.stop_event):
+            raw = self.engines.target.raw_connection()
+            try:
+                cursor = raw.cursor()
+                try:
+                    cursor.execute(f"SET SESSION max_statement_time={int(self.settings.transaction_timeout)}")
+                    started = time.monotonic()
+                    if into_empty and self.path == "load_data":
+                        self._load_data_direct(cursor, table, columns, chunk)
+                    else:
+                        self._upsert_via_stage(cursor, table, columns, key, chunk)
+                    raw.commit()
+                    logger.debug("LOADER - CHUNK - %s: %d rows in %.2fs", table, chunk.num_rows, time.monotonic() - started)
+                finally:
+                    try:
+                        cursor.execute("SET SESSION max_statement_time=0")
+                    finally:
+                        cursor.close()
+            except BaseException as exc:
+                try:
+                    raw.rollback()
+                except Exception as rollback_exc:  # noqa: BLE001 - the connection is broken; drop it below
+                    logger.debug("LOADER - ROLLBACK - rollback failed: %s", rollback_exc)
+                if is_connection_error(exc):
+                    raw.invalidate()
+                raise
+            finally:
+                raw.close()
+
+    def _write_file(self, data: bytes) -> Path:
+        path = self.tmpdir / f"dlt_sync_{os.getpid()}_{uuid.uuid4().hex}.tsv"
+        path.write_bytes(data)
+        return path
+
+    def _load_data(self, cursor: Any, table: str, targets: str, set_clause: str, data: bytes) -> None:
+        path = self._write_file(data)
+        try:
+            cursor.execute(
+                f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {q(table)} CHARACTER SET binary "
+                f"FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({targets}){set_clause}"
+            )
+            self._raise_on_warnings(cursor, table)
+        finally:
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _raise_on_warnings(cursor: Any, table: str) -> None:
+        # LOCAL loads turn data errors into warnings; a warning means a value was altered.
+        if cursor.warning_count:
+            cursor.execute("SHOW WARNINGS LIMIT 5")
+            shown = "; ".join(f"{r[1]}: {r[2]}" for r in cursor.fetchall())
+            raise DataError(f"table {table!r}: the target altered or rejected values: {shown}")
+
+    def _load_data_direct(self, cursor: Any, table: str, columns: Sequence[Column], chunk: pa.Table) -> None:
+        variables = ", ".join(f"@c{i}" for i in range(len(columns)))
+        assignments = ", ".join(f"{q(c.name)} = {load_expression(c, f'@c{i}')}" for i, c in enumerate(columns))
+        self._load_data(cursor, table, variables, f" SET {assignments}", encode_tsv(chunk))
+
+    def _upsert_via_stage(self, cursor: Any, table: str, columns: Sequence[Column], key: Sequence[str], chunk: pa.Table) -> None:
+        stage = "_dlt_sync_stage"
+        cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {q(stage)}")
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {q(stage)} ("
+            + ", ".join(f"c{i} LONGBLOB NULL" for i in range(len(columns)))
+            + ") ENGINE=InnoDB"
+        )
+        if self.path == "load_data":
+            self._load_data(cursor, stage, ", ".join(f"c{i}" for i in range(len(columns))), "", encode_tsv(chunk))
+        else:
+            placeholders = ", ".join(["%s"] * len(columns))
+            cursor.executemany(f"INSERT INTO {q(stage)} VALUES ({placeholders})", rows_as_parameters(chunk))
+        names = ", ".join(q(c.name) for c in columns)
+        values = ", ".join(load_expression(c, f"c{i}") for i, c in enumerate(columns))
+        keyset = {k.lower() for k in key}
+        updates = [f"{q(c.name)} = VALUES({q(c.name)})" for c in columns if c.name.lower() not in keyset]
+        if not updates:
+            updates = [f"{q(columns[0].name)} = {q(columns[0].name)}"]
+        cursor.execute(
+            f"INSERT INTO {q(table)} ({names}) SELECT {values} FROM {q(stage)} ON DUPLICATE KEY UPDATE {', '.join(updates)}"
+        )
+        cursor.execute(f"DROP TEMPORARY TABLE {q(stage)}")
