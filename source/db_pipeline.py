@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import monitoring
 
-        metrics = monitoring.Metrics() if hasattr(monitoring, "Metrics") else None
+        metrics = monitoring.Metrics(status, lambda: engines)
         syncer = TableSyncer(engines, settings, status, stop, metrics)
         if args.check:
             return run_check(syncer, specs)
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_verify(engines, settings, specs, args.verify, args.repair, stop)
         StopSignal(stop).install()
         if not args.once:
-            services = monitoring.start_services(settings, status, lambda: engines, metrics, stop)
+            services = monitoring.start_health_server(settings, status, lambda: engines, metrics)
         if args.once:
             syncer.prepare()
             return EXIT_OK if run_cycle(syncer, specs, status, 1) else EXIT_FAILED

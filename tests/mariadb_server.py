@@ -92,7 +92,7 @@ class MariaDBServer:
             args.append("--user=root")
         return args + self.extra_args
 
-    def start(self, timeout: float = 60.0) -> "MariaDBServer":
+    def start(self, timeout: float = 60.0) -> MariaDBServer:
         self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -126,7 +126,7 @@ class MariaDBServer:
             self.process.wait()
         self.process = None
 
-    def restart(self, extra_args: list[str] | None = None) -> "MariaDBServer":
+    def restart(self, extra_args: list[str] | None = None) -> MariaDBServer:
         self.stop()
         if extra_args is not None:
             self.extra_args = list(extra_args)
