@@ -76,7 +76,7 @@ def run_cycle(syncer: TableSyncer, specs: Sequence[TableSpec], status: SyncStatu
     results = syncer.run_cycle(specs)
     ok = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
-    all_ok = not failed and len(results) == len(specs)
+    all_ok = not failed
     status.cycle_finished(all_ok)
     logger.info(
         "SYNC_ENGINE - CYCLE - %s",
@@ -137,11 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.register_tables(specs)
     engines: Engines = create_engines(settings)
     services = None
+    leases = None
     try:
         import monitoring
 
         metrics = monitoring.Metrics(status, lambda: engines)
-        syncer = TableSyncer(engines, settings, status, stop, metrics)
+        if settings.lease_enabled:
+            from leases import LeaseManager
+
+            leases = LeaseManager(engines.target, settings.target.name)
+        syncer = TableSyncer(engines, settings, status, stop, metrics, leases)
         if args.check:
             return run_check(syncer, specs)
         if args.verify is not None:
@@ -165,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
         if services is not None:
             services.stop()
+        if leases is not None:
+            leases.release_all()
         engines.dispose()
 
 

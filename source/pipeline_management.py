@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 from dlt.extract.exceptions import ResourceExtractionError
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from config import PipelineMode, Settings, TableSpec
 from database import Engines, server_allows_local_infile
@@ -35,6 +36,7 @@ from error_handling import (
     call_with_retries,
     describe_error,
     is_connection_error,
+    is_transient,
     mysql_error_code,
     retry_kwargs,
 )
@@ -99,12 +101,14 @@ class TableSyncer:
         status: SyncStatus,
         stop_event: threading.Event,
         metrics: Any = None,
+        leases: Any = None,
     ) -> None:
         self.engines = engines
         self.settings = settings
         self.status = status
         self.stop_event = stop_event
         self.metrics = metrics
+        self.leases = leases  # a leases.LeaseManager when several replicas share tables.json
         self._load_path: LoadPath | None = None
         self._prepared = False
         self._advised: set[str] = set()
@@ -126,15 +130,23 @@ class TableSyncer:
         """Create the bookkeeping table and detect the load path (once; cheap to call again)."""
         if self._prepared:
             return
-        with self.engines.target.begin() as conn:
-            ensure_state_table(conn)
-        self.load_path()
+        # Fail fast with one line naming the database (wrong password, unreachable host).
+        check_connectivity(self.engines)
+        try:
+            with self.engines.target.begin() as conn:
+                ensure_state_table(conn)
+            self.load_path()
+        except SQLAlchemyError as exc:
+            message = f"cannot prepare the target database {self.settings.target.describe()}: {describe_error(exc)}"
+            raise DatabaseError(message, mysql_error_code(exc), transient=is_transient(exc)) from exc
         self._prepared = True
 
     # ----------------------------------------------------------------- cycle
     def run_cycle(self, specs: Sequence[TableSpec]) -> list[TableResult]:
         """Sync every table in batches of ``BATCH_SIZE``; one failure never stops the others."""
         results: list[TableResult] = []
+        if self.leases is not None:
+            specs = self._leased(specs)
         batches = [specs[i : i + self.settings.batch_size] for i in range(0, len(specs), self.settings.batch_size)]
         for number, batch in enumerate(batches, start=1):
             if self.stop_event.is_set():
@@ -146,12 +158,29 @@ class TableSyncer:
             for spec in batch:
                 if self.stop_event.is_set():
                     break
+                if self.leases is not None and not self.leases.confirm(spec.table):
+                    logger.warning("LEASE - LOST - %s: lease no longer held; another replica syncs it", spec.table)
+                    continue
                 results.append(self.sync_table(spec))
             if self.metrics is not None:
                 self.metrics.observe_batch(time.monotonic() - started)
             if number < len(batches) and self.settings.batch_delay and self.stop_event.wait(self.settings.batch_delay):
                 break
         return results
+
+    def _leased(self, specs: Sequence[TableSpec]) -> list[TableSpec]:
+        """The tables this replica holds a lease on (taking its fair share of free ones)."""
+        try:
+            owned = self.leases.acquire(specs)
+        except Exception as exc:  # noqa: BLE001 - without leases this replica syncs nothing this cycle
+            logger.error("LEASE - ACQUIRE - cannot take table leases: %s; skipping this cycle", describe_error(exc))
+            self.status.set_database_status("target", False, describe_error(exc))
+            return []
+        names = {s.table for s in owned}
+        for spec in specs:
+            self.status.set_table_owned(spec.table, spec.table in names)
+        logger.info("LEASE - OWNED - %d of %d tables: %s", len(owned), len(specs), ", ".join(sorted(names)))
+        return owned
 
     def sync_table(self, spec: TableSpec) -> TableResult:
         """Sync one table; errors are caught, classified, logged and reported, never raised."""
@@ -366,4 +395,4 @@ def check_connectivity(engines: Engines) -> None:
         except Exception as exc:  # noqa: BLE001 - re-raised as a clear configuration error
             db = engines.settings.source if role == "source" else engines.settings.target
             message = f"cannot connect to the {role} database {db.describe()}: {describe_error(exc)}"
-            raise DatabaseError(message, mysql_error_code(exc), transient=False) from exc
+            raise DatabaseError(message, mysql_error_code(exc), transient=is_transient(exc)) from exc
