@@ -310,7 +310,22 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: Path | 
     settings = Settings(source=_database_settings("SOURCE", env), target=_database_settings("TARGET", env), **kwargs)
     if settings.lock_timeout_max_delay < settings.lock_timeout_base_delay:
         raise ConfigError("environment variable LOCK_TIMEOUT_MAX_DELAY must not be below LOCK_TIMEOUT_BASE_DELAY")
+    _check_tls(settings)
     return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """Certificate files must be readable, and a TLS source must never be read in plain text."""
+    for db in (settings.source, settings.target):
+        for suffix, value in (("SSL_CA", db.ssl_ca), ("SSL_CERT", db.ssl_cert), ("SSL_KEY", db.ssl_key)):
+            if value and not os.access(value, os.R_OK):
+                raise ConfigError(f"environment variable {db.role.upper()}_DB_{suffix}={value!r}: file is not readable")
+    if settings.source.uses_tls and settings.extract_backend == "connectorx":
+        # connectorx opens its own connections and is given no TLS settings.
+        raise ConfigError(
+            "environment variable EXTRACT_BACKEND=connectorx cannot be used with SOURCE_DB_SSL_*: "
+            "connectorx would connect without TLS; use EXTRACT_BACKEND=auto or pyarrow"
+        )
 
 
 def _entry_label(path: Path, index: int, entry: Any) -> str:

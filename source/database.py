@@ -32,6 +32,12 @@ def quote_identifier(name: str) -> str:
 
 
 def _ssl_args(db: DatabaseSettings) -> dict[str, Any] | None:
+    """pymysql's ``ssl`` dict (keys ``ca``, ``cert``, ``key``, ``check_hostname``, ``verify_mode``).
+
+    ``verify_mode`` is always explicit: left out, pymysql skips certificate verification whenever
+    no CA file is given (a client certificate alone), even with ``..._SSL_VERIFY=true``; with it,
+    the server certificate is checked against ``SSL_CA`` or else the system's trusted CAs.
+    """
     if not db.uses_tls:
         return None
     ssl: dict[str, Any] = {}
@@ -42,8 +48,7 @@ def _ssl_args(db: DatabaseSettings) -> dict[str, Any] | None:
     if db.ssl_key:
         ssl["key"] = db.ssl_key
     ssl["check_hostname"] = db.ssl_verify
-    if not db.ssl_verify:
-        ssl["verify_mode"] = False
+    ssl["verify_mode"] = db.ssl_verify
     return ssl
 
 

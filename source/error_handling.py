@@ -143,7 +143,13 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 def describe_error(exc: BaseException) -> str:
-    """One credential-free line: the MySQL code and its meaning when known, else the type."""
+    """One credential-free line: the MySQL code and its meaning when known, else the type.
+
+    Errors raised on purpose (:class:`SyncError`) already carry a message that says what to fix
+    (a classified :class:`DatabaseError` names the database and the code), so it is kept as is.
+    """
+    if isinstance(exc, SyncError):
+        return str(exc)
     code = mysql_error_code(exc)
     if code is not None:
         meaning = TRANSIENT_ERROR_CODES.get(code) or TERMINAL_ERROR_CODES.get(code)
@@ -163,8 +169,6 @@ def describe_error(exc: BaseException) -> str:
         if driver_message:
             text += f": {driver_message}"
         return text
-    if isinstance(exc, SyncError):
-        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -1,0 +1,98 @@
+"""Helpers shared by the fault, bad-input and security tests: run the daemon as a real
+subprocess (so exit codes and signals are real), build large tables quickly, and compare a
+source table with its target copy by row count and an all-column checksum.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mariadb_server import MariaDBServer
+
+ROOT = Path(__file__).resolve().parents[2]
+DAEMON = ROOT / "source" / "db_pipeline.py"
+PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
+
+
+def daemon_environ(env: dict[str, str]) -> dict[str, str]:
+    """A clean process environment: only ``env`` plus what Python needs to start."""
+    base = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
+    base.update({"PYTHONUNBUFFERED": "1", "DLT_TELEMETRY": "false", "RUNTIME__DLTHUB_TELEMETRY": "false"})
+    base.update(env)
+    return base
+
+
+def start_daemon(env: dict[str, str], *args: str, cwd: Path, **popen: Any) -> subprocess.Popen[str]:
+    """Start ``db_pipeline.py`` with ``args``; stdout and stderr are merged into one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, str(DAEMON), *args],
+        env=daemon_environ(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def run_daemon(env: dict[str, str], *args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run ``db_pipeline.py`` to completion; ``.stdout`` holds stdout and stderr together."""
+    return subprocess.run(
+        [sys.executable, str(DAEMON), *args],
+        env=daemon_environ(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def create_big_table(server: MariaDBServer, db: str, table: str, rows: int) -> None:
+    """A table of ``rows`` rows (id, text, decimal, datetime, modifier) built server-side."""
+    server.execute(
+        f"CREATE TABLE `{table}` (id INT PRIMARY KEY, name VARCHAR(60) NOT NULL, amount DECIMAL(12,2), "
+        "born DATETIME NULL, note TEXT NULL, updated_at DATETIME(6) NOT NULL, KEY (updated_at)) ENGINE=InnoDB;"
+        f"INSERT INTO `{table}` SELECT seq, CONCAT('name-', seq, '-', MD5(seq)), seq * 1.25, "
+        "'2020-01-01' + INTERVAL seq MINUTE, IF(seq % 7 = 0, NULL, REPEAT('x', seq % 50)), "
+        f"'2021-01-01' + INTERVAL seq SECOND FROM seq_1_to_{rows}",
+        db,
+    )
+
+
+def column_names(server: MariaDBServer, db: str, table: str) -> list[str]:
+    rows = server.query(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
+        "ORDER BY ORDINAL_POSITION",
+        None,
+        (db, table),
+    )
+    return [r[0] for r in rows]
+
+
+def table_digest(server: MariaDBServer, db: str, table: str, columns: list[str]) -> tuple[int, int, int]:
+    """(row count, distinct key-independent checksum over every column, sum of per-row CRCs).
+
+    NULL is encoded distinctly from the empty string so a NULL/'' swap is caught.
+    """
+    parts = ", ".join(f"IFNULL(HEX(`{c}`), '\\\\N')" for c in columns)
+    row = server.query(
+        f"SELECT COUNT(*), COALESCE(BIT_XOR(CRC32(CONCAT_WS('|', {parts}))), 0), "
+        f"COALESCE(SUM(CRC32(CONCAT_WS('|', {parts}))), 0) FROM `{table}`",
+        db,
+    )[0]
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def assert_identical(source: MariaDBServer, source_db: str, target: MariaDBServer, target_db: str, table: str) -> int:
+    """Assert the target copy equals the source table (count + all-column checksum); returns rows."""
+    columns = column_names(source, source_db, table)
+    expected = table_digest(source, source_db, table, columns)
+    actual = table_digest(target, target_db, table, columns)
+    assert actual == expected, f"{table}: target {actual} != source {expected}"
+    return expected[0]
