@@ -1,16 +1,39 @@
-"""Run-time status shared between the sync loop (writer) and the health endpoint (reader).
+"""Run-time status, the health endpoint and Prometheus metrics.
 
-The loop reports what happens through :class:`SyncStatus`'s methods; readers take
-:meth:`SyncStatus.snapshot`. All access goes through one lock; nothing here queries a database.
+The sync loop (writer) reports what happens through :class:`SyncStatus`'s methods; readers take
+:meth:`SyncStatus.snapshot`. All access goes through one short-held lock. The HTTP handlers
+(``GET /`` health JSON, ``GET /metrics``) only read that snapshot, the pools' in-memory counters
+and cached values; they never query a database and never walk the staging directory.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import orjson
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from config import Settings
+from database import Engines, pool_status
+from error_handling import ConfigError
+from utils import ProcessSampler, StagingMonitor, as_utc, iso, mask_all, mask_secrets
+
+logger = logging.getLogger("dlt_sync.monitoring")
+
+VERSION = "1.0.0"
+POOL_WARNING_PERCENT = 80.0
+ROLES = ("source", "target")
+EnginesProvider = Callable[[], Engines | None]
 
 
 @dataclass
@@ -25,7 +48,7 @@ class TableStatus:
     rows_last_cycle: int = 0
     seconds_last_cycle: float = 0.0
     watermark: Any = None
-    newest_modifier: datetime | None = None
+    newest_modifier: Any = None
     consecutive_failures: int = 0
     last_error: str | None = None
     last_error_category: str | None = None
@@ -35,6 +58,8 @@ class TableStatus:
     differences_found: int = 0
     last_verify: datetime | None = None
     owned: bool = True
+    # Start of the last successful sync: the target holds every change committed before it.
+    current_as_of: datetime | None = None
 
 
 class SyncStatus:
@@ -58,6 +83,9 @@ class SyncStatus:
             "other_errors": 0,
         }
         self.current_table: str | None = None
+        self.staging_usage_mb: float | None = None
+        self.staging_files_count: int | None = None
+        self.staging_measured_monotonic: float | None = None
 
     def register_tables(self, specs: Any) -> None:
         """Create a status entry per configured table (``specs``: iterable of TableSpec)."""
@@ -72,9 +100,10 @@ class SyncStatus:
             self.database_errors[role] = error
 
     def table_started(self, table: str) -> None:
+        """A sync attempt of ``table`` begins."""
         with self._lock:
             self.current_table = table
-            self.tables.setdefault(table, TableStatus(table=table)).last_attempt = datetime.now(timezone.utc)
+            self.tables.setdefault(table, TableStatus(table=table)).last_attempt = datetime.now(UTC)
 
     def table_succeeded(
         self,
@@ -82,15 +111,17 @@ class SyncStatus:
         rows: int,
         seconds: float,
         watermark: Any = None,
-        newest_modifier: datetime | None = None,
+        newest_modifier: Any = None,
         skipped: bool = False,
         mode: str = "",
         sanitized: dict[str, int] | None = None,
     ) -> None:
-        now = datetime.now(timezone.utc)
+        """``table`` was synced (or found unchanged) in ``seconds``."""
+        now = datetime.now(UTC)
         with self._lock:
             status = self.tables.setdefault(table, TableStatus(table=table))
             status.last_success = now
+            status.current_as_of = status.last_attempt or now - timedelta(seconds=max(seconds, 0.0))
             status.rows_last_cycle = rows
             status.seconds_last_cycle = seconds
             status.watermark = watermark
@@ -105,6 +136,7 @@ class SyncStatus:
             self.current_table = None
 
     def table_failed(self, table: str, message: str, category: str = "other_errors") -> None:
+        """A sync attempt of ``table`` failed with ``message`` (health ``error_summary`` ``category``)."""
         with self._lock:
             status = self.tables.setdefault(table, TableStatus(table=table))
             status.consecutive_failures += 1
@@ -114,17 +146,44 @@ class SyncStatus:
             self.error_summary[category] = self.error_summary.get(category, 0) + 1
             self.current_table = None
 
+    def table_deleted(self, table: str, rows: int) -> None:
+        """Delete reconciliation removed ``rows`` rows of ``table`` from the target."""
+        with self._lock:
+            self.tables.setdefault(table, TableStatus(table=table)).rows_deleted_total += rows
+
+    def table_verified(self, table: str, differences: int) -> None:
+        """A verification of ``table`` found ``differences`` differing rows."""
+        with self._lock:
+            status = self.tables.setdefault(table, TableStatus(table=table))
+            status.differences_found = differences
+            status.last_verify = datetime.now(UTC)
+
+    def set_table_owned(self, table: str, owned: bool) -> None:
+        """Whether this instance holds the lease of ``table`` (tables owned elsewhere never degrade health)."""
+        with self._lock:
+            self.tables.setdefault(table, TableStatus(table=table)).owned = owned
+
+    def set_staging_usage(self, usage_mb: float, files_count: int) -> None:
+        """Cache the staging directory's size (measured outside the request path)."""
+        with self._lock:
+            self.staging_usage_mb = usage_mb
+            self.staging_files_count = files_count
+            self.staging_measured_monotonic = time.monotonic()
+
     def cycle_finished(self, all_ok: bool) -> None:
+        """A cycle over all tables ended; ``all_ok`` when every table succeeded."""
         with self._lock:
             self.cycles += 1
             if all_ok:
-                self.last_successful_sync = datetime.now(timezone.utc)
+                self.last_successful_sync = datetime.now(UTC)
 
     def snapshot(self) -> dict[str, Any]:
         """A consistent copy of the whole state for readers."""
         with self._lock:
+            now = time.monotonic()
+            measured = self.staging_measured_monotonic
             return {
-                "uptime_seconds": time.monotonic() - self.started_monotonic,
+                "uptime_seconds": now - self.started_monotonic,
                 "tables": {name: TableStatus(**vars(st)) for name, st in self.tables.items()},
                 "database_status": dict(self.database_status),
                 "database_errors": dict(self.database_errors),
@@ -133,4 +192,425 @@ class SyncStatus:
                 "sync_errors": self.sync_errors,
                 "error_summary": dict(self.error_summary),
                 "current_table": self.current_table,
+                "staging": {
+                    "usage_mb": self.staging_usage_mb,
+                    "files_count": self.staging_files_count,
+                    "age_seconds": None if measured is None else now - measured,
+                },
             }
+
+
+def read_pools(engines_provider: EnginesProvider) -> dict[str, dict[str, Any] | None]:
+    """Pool counters of both engines (None when there are no engines yet); no database query."""
+    try:
+        engines = engines_provider()
+    except Exception:  # noqa: BLE001 - a health check must answer even when the provider breaks
+        logger.exception("HEALTH_CHECK - POOL_STATUS - engines provider failed")
+        return {role: None for role in ROLES}
+    if engines is None:
+        return {role: None for role in ROLES}
+    pools: dict[str, dict[str, Any] | None] = {}
+    for role in ROLES:
+        try:
+            pools[role] = pool_status(getattr(engines, role))
+        except Exception:  # noqa: BLE001 - same: report "unknown" instead of failing the request
+            logger.exception("HEALTH_CHECK - POOL_STATUS - cannot read the %s pool", role)
+            pools[role] = None
+    return pools
+
+
+# --------------------------------------------------------------------------- health report
+def table_lag_seconds(table: TableStatus, now: datetime) -> float | None:
+    """Seconds since the target was last known to hold every change of ``table`` (None: never synced).
+
+    That is the start of the last successful sync, not the newest modifier value: a table nobody
+    writes to is not behind, and DATETIME modifiers are wall-clock values in the source's time zone.
+    """
+    if table.current_as_of is None:
+        return None
+    return round(max((now - table.current_as_of).total_seconds(), 0.0), 3)
+
+
+def _table_report(table: TableStatus, now: datetime) -> dict[str, Any]:
+    newest = as_utc(table.newest_modifier)
+    return {
+        "strategy": table.strategy,
+        "mode": table.mode,
+        "owned": table.owned,
+        "last_success": iso(table.last_success),
+        "last_attempt": iso(table.last_attempt),
+        "rows_last_cycle": table.rows_last_cycle,
+        "seconds_last_cycle": round(table.seconds_last_cycle, 3),
+        "skipped_last_cycle": table.skipped_last_cycle,
+        "lag_seconds": table_lag_seconds(table, now),
+        "watermark": None if table.watermark is None else str(table.watermark),
+        "newest_modifier": iso(table.newest_modifier),
+        "newest_modifier_age_seconds": None if newest is None else round((now - newest).total_seconds(), 3),
+        "consecutive_failures": table.consecutive_failures,
+        "last_error": table.last_error,
+        "last_error_category": table.last_error_category,
+        "sanitized": dict(table.sanitized),
+        "rows_deleted_total": table.rows_deleted_total,
+        "differences_found": table.differences_found,
+        "last_verify": iso(table.last_verify),
+    }
+
+
+def health_report(
+    settings: Settings,
+    snapshot: Mapping[str, Any],
+    pools: Mapping[str, Mapping[str, Any] | None],
+    performance: Mapping[str, Any],
+    now: datetime | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status code, TRD 10.1.2 body plus ``tables``) from a status snapshot; a pure function.
+
+    ``unhealthy`` (503) when the source or target was unreachable at the last contact;
+    ``degraded`` (200) when an owned table is failing or its lag exceeds ``LAG_THRESHOLD_SECONDS``
+    (0 disables the lag check); ``healthy`` (200) otherwise. ``reasons`` says why.
+    """
+    now = now or datetime.now(UTC)
+    reasons: list[str] = []
+    connections: dict[str, Any] = {}
+    for role in ROLES:
+        state = snapshot["database_status"].get(role, "unknown")
+        pool = pools.get(role) or {}
+        connections[role] = {
+            "status": state,
+            "pool_size": pool.get("pool_size"),
+            "checked_out": pool.get("checked_out"),
+            "overflow": pool.get("overflow"),
+            "utilization_percent": pool.get("utilization_percent"),
+            "last_error": snapshot["database_errors"].get(role),
+        }
+        if state == "disconnected":
+            reasons.append(f"{role} database unreachable: {snapshot['database_errors'].get(role) or 'no details'}")
+    unhealthy = bool(reasons)
+    tables: dict[str, Any] = {}
+    for name, table in sorted(snapshot["tables"].items()):
+        report = _table_report(table, now)
+        tables[name] = report
+        if not table.owned:
+            continue  # another instance syncs it; its staleness here means nothing
+        if table.consecutive_failures > 0:
+            reasons.append(f"table {name} failed {table.consecutive_failures} time(s) in a row: {table.last_error}")
+        lag = report["lag_seconds"]
+        if settings.lag_threshold_seconds > 0 and lag is not None and lag > settings.lag_threshold_seconds:
+            reasons.append(f"table {name} lag {lag:.0f}s above {settings.lag_threshold_seconds:.0f}s")
+    status = "unhealthy" if unhealthy else ("degraded" if reasons else "healthy")
+    staging = snapshot.get("staging") or {}
+    staging_enabled = settings.pipeline_mode == "file_staging" or any(
+        t.mode == "file_staging" for t in snapshot["tables"].values()
+    )
+    active = sum((pool or {}).get("checked_out") or 0 for pool in pools.values())
+    body: dict[str, Any] = {
+        "status": status,
+        "reasons": reasons,
+        "timestamp": iso(now),
+        "version": VERSION,
+        "uptime_seconds": round(snapshot["uptime_seconds"], 1),
+        "database_connections": connections,
+        "last_successful_sync": iso(snapshot["last_successful_sync"]),
+        "tables_synced": sum(1 for t in snapshot["tables"].values() if t.last_success is not None),
+        "tables_configured": len(snapshot["tables"]),
+        "current_table": snapshot.get("current_table"),
+        "cycles": snapshot.get("cycles", 0),
+        "sync_errors": snapshot["sync_errors"],
+        "file_staging": {
+            "enabled": staging_enabled,
+            "directory": str(settings.file_staging_dir),
+            "usage_mb": staging.get("usage_mb"),
+            "files_count": staging.get("files_count"),
+        },
+        "performance_metrics": {**performance, "active_connections": active},
+        "error_summary": dict(snapshot["error_summary"]),
+        "tables": tables,
+    }
+    return (503 if unhealthy else 200), mask_all(body)
+
+
+# --------------------------------------------------------------------------- Prometheus metrics
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+class _ScrapeTimeCollector:
+    """Gauges computed when Prometheus scrapes: pools, process, staging usage, per-table lag."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    # (key, metric name, help, labels)
+    FAMILIES = (
+        ("pool_size", "connection_pool_size", "Configured connection pool size", ["database"]),
+        ("pool_out", "connection_pool_checked_out", "Connections checked out of the pool", ["database"]),
+        ("memory", "memory_usage_mb", "Resident memory of the daemon in MB", []),
+        ("cpu", "cpu_usage_percent", "CPU use of the daemon (100 = one core)", []),
+        ("staging", "staging_directory_usage_mb", "Size of the file-staging directory in MB", []),
+        ("lag", "table_lag_seconds", "Seconds since the table was last known to be in sync", ["table"]),
+    )
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        return {key: GaugeMetricFamily(name, doc, labels=labels) for key, name, doc, labels in self.FAMILIES}
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The families (without samples) so the registry can detect name clashes."""
+        yield from self._families().values()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Current values; failures are logged and the affected samples left out."""
+        families = self._families()
+        metrics = self.metrics
+        for role, pool in read_pools(metrics.engines_provider).items():
+            if pool is not None:
+                families["pool_size"].add_metric([role], pool["pool_size"])
+                families["pool_out"].add_metric([role], pool["checked_out"])
+        try:
+            families["memory"].add_metric([], metrics.sampler.memory_mb())
+            families["cpu"].add_metric([], metrics.sampler.cpu_percent())
+        except psutil.Error:
+            logger.exception("METRICS - PROCESS - cannot read process statistics")
+        if metrics.status is None:
+            yield from families.values()
+            return
+        snapshot = metrics.status.snapshot()
+        usage = snapshot["staging"]["usage_mb"]
+        if usage is not None:
+            families["staging"].add_metric([], usage)
+        if metrics.staging is not None:
+            metrics.staging.refresh_in_background_if_stale(snapshot["staging"]["age_seconds"])
+        now = datetime.now(UTC)
+        for name, table in sorted(snapshot["tables"].items()):
+            lag = table_lag_seconds(table, now)
+            if lag is not None:
+                families["lag"].add_metric([name], lag)
+        yield from families.values()
+
+
+class Metrics:
+    """The daemon's Prometheus metrics in a private registry (created by main, passed around)."""
+
+    def __init__(
+        self,
+        status: SyncStatus | None = None,
+        engines_provider: EnginesProvider | None = None,
+        staging: StagingMonitor | None = None,
+    ) -> None:
+        self.status = status
+        self.engines_provider: EnginesProvider = engines_provider or (lambda: None)
+        self.staging = staging
+        self.sampler = ProcessSampler()
+        self.registry = CollectorRegistry(auto_describe=False)
+        registry = self.registry
+        self.sync_duration = Histogram(
+            "sync_duration_seconds", "Time to sync one table", ["table"], buckets=DURATION_BUCKETS, registry=registry
+        )
+        self.records = Counter("records_processed_total", "Rows synced", ["table"], registry=registry)
+        self.errors = Counter("sync_errors_total", "Failed table syncs", ["table", "category"], registry=registry)
+        self.success_rate = Gauge(
+            "table_sync_success_rate", "Share of successful syncs since start", ["table"], registry=registry
+        )
+        self.batch_time = Histogram(
+            "batch_processing_time",
+            "Seconds to process one batch of tables",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.staging_ops = Counter(
+            "file_staging_operations", "File-staging operations", ["operation"], registry=registry
+        )
+        self.recovery_time = Histogram(
+            "error_recovery_time", "Seconds from an error to the recovery", buckets=DURATION_BUCKETS, registry=registry
+        )
+        self.deleted = Counter(
+            "rows_deleted_total", "Rows removed by delete reconciliation", ["table"], registry=registry
+        )
+        self.verify_differences = Counter(
+            "verify_differences_total", "Differing rows found by verification", ["table"], registry=registry
+        )
+        registry.register(_ScrapeTimeCollector(self))
+        self._lock = threading.Lock()
+        self._attempts: dict[str, list[int]] = {}  # table -> [successes, attempts]
+
+    def bind(self, status: SyncStatus, engines_provider: EnginesProvider, staging: StagingMonitor | None) -> None:
+        """Attach the state read at scrape time (for a ``Metrics()`` created before the services)."""
+        self.status = status
+        self.engines_provider = engines_provider
+        self.staging = staging or self.staging
+
+    def observe_table(self, table: str, seconds: float, rows: int, ok: bool, category: str | None = None) -> None:
+        """One table sync finished (``ok``) or failed (``category``: the error_summary bucket)."""
+        self.sync_duration.labels(table).observe(max(seconds, 0.0))
+        if rows:
+            self.records.labels(table).inc(max(rows, 0))
+        if not ok:
+            self.errors.labels(table, category or "other_errors").inc()
+        with self._lock:
+            counts = self._attempts.setdefault(table, [0, 0])
+            counts[0] += 1 if ok else 0
+            counts[1] += 1
+            rate = counts[0] / counts[1]
+        self.success_rate.labels(table).set(rate)
+
+    def observe_batch(self, seconds: float) -> None:
+        """One batch of tables took ``seconds``."""
+        self.batch_time.observe(max(seconds, 0.0))
+
+    def staging_operation(self, operation: str) -> None:
+        """Count one file-staging operation (``write``, ``read``, ``cleanup``, ...)."""
+        self.staging_ops.labels(operation).inc()
+
+    def observe_recovery(self, seconds: float) -> None:
+        """Recovering from an error (e.g. a lost connection) took ``seconds``."""
+        self.recovery_time.observe(max(seconds, 0.0))
+
+    def rows_deleted(self, table: str, n: int) -> None:
+        """Delete reconciliation removed ``n`` rows of ``table``."""
+        self.deleted.labels(table).inc(max(n, 0))
+
+    def differences(self, table: str, n: int) -> None:
+        """Verification found ``n`` differing rows in ``table``."""
+        self.verify_differences.labels(table).inc(max(n, 0))
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+# --------------------------------------------------------------------------- HTTP server
+class _HealthHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    app: HealthServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HealthHTTPServer
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
+        """``/`` (or ``/health``): health JSON; ``/metrics``: Prometheus text; else 404."""
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        try:
+            if path in ("/", "/health", "/healthz"):
+                code, body = self.server.app.health()
+                self._send(code, "application/json", orjson.dumps(body, option=orjson.OPT_INDENT_2, default=str))
+            elif path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, self.server.app.metrics.render())
+            else:
+                self._send(404, "application/json", orjson.dumps({"status": "error", "message": "not found"}))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            logger.debug("HEALTH_CHECK - REQUEST - client went away: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - answer 500 with the reason instead of dropping the socket
+            logger.exception("HEALTH_CHECK - REQUEST - %s failed", path)
+            message = mask_secrets(f"{type(exc).__name__}: {exc}")
+            self._send(500, "application/json", orjson.dumps({"status": "error", "message": message}))
+
+    def _send(self, code: int, content_type: str, payload: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+        # Healthchecks hit this every few seconds; access lines are debug noise.
+        logger.debug("HEALTH_CHECK - REQUEST - %s %s", self.address_string(), format % args)
+
+
+class HealthServer:
+    """The health/metrics HTTP server running in a daemon thread."""
+
+    def __init__(
+        self, settings: Settings, status: SyncStatus, engines_provider: EnginesProvider, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.status = status
+        self.engines_provider = engines_provider
+        self.metrics = metrics
+        if metrics.staging is None:  # one monitor, so health and /metrics share its throttling
+            metrics.staging = StagingMonitor(settings.file_staging_dir, status.set_staging_usage)
+        self.staging = metrics.staging
+        self._httpd: _HealthHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with ``HEALTH_PORT=0``)."""
+        assert self._httpd is not None, "server not started"
+        return int(self._httpd.server_address[1])
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP code, body) of ``GET /``; reads only the snapshot and in-memory counters."""
+        snapshot = self.status.snapshot()
+        self.staging.refresh_in_background_if_stale(snapshot["staging"]["age_seconds"])
+        performance: dict[str, Any] = {"memory_usage_mb": None, "cpu_usage_percent": None}
+        try:
+            performance = {
+                "memory_usage_mb": self.metrics.sampler.memory_mb(),
+                "cpu_usage_percent": self.metrics.sampler.cpu_percent(),
+            }
+        except psutil.Error:
+            logger.exception("HEALTH_CHECK - PROCESS - cannot read process statistics")
+        return health_report(self.settings, snapshot, read_pools(self.engines_provider), performance)
+
+    def start(self) -> HealthServer:
+        """Bind and serve in a daemon thread; raises ConfigError when the port cannot be bound."""
+        host, port = self.settings.health_host, self.settings.health_port
+        try:
+            httpd = _HealthHTTPServer((host, port), _Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} for the health endpoint ({exc.strerror or exc}); "
+                "set HEALTH_PORT to a free port"
+            ) from exc
+        httpd.app = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="health-server", daemon=True
+        )
+        self._thread.start()
+        logger.info("HEALTH_CHECK - STARTUP - listening on http://%s:%d/ (metrics at /metrics)", host, self.port)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving and close the socket."""
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._httpd = None
+        logger.info("HEALTH_CHECK - SHUTDOWN - health endpoint stopped")
+
+
+def start_health_server(
+    settings: Settings,
+    status: SyncStatus,
+    engines_provider: EnginesProvider,
+    metrics: Metrics | None = None,
+) -> HealthServer:
+    """Serve ``GET /`` (health JSON) and ``GET /metrics`` on HEALTH_HOST:HEALTH_PORT; returns the server.
+
+    ``engines_provider`` returns the current :class:`Engines` (or None); only their pool counters
+    are read. Without ``metrics`` a private :class:`Metrics` is created (``server.metrics``).
+    """
+    if metrics is None:
+        metrics = Metrics(status, engines_provider, StagingMonitor(settings.file_staging_dir, status.set_staging_usage))
+    elif metrics.status is None:
+        metrics.bind(status, engines_provider, None)
+    return HealthServer(settings, status, engines_provider, metrics).start()
+
+
+def start_services(
+    settings: Settings,
+    status: SyncStatus,
+    engines_provider: EnginesProvider,
+    metrics: Metrics | None = None,
+    stop_event: threading.Event | None = None,
+) -> Any:
+    """Start the health server and the watchdog: see :func:`watchdog.start_services`."""
+    # Imported here: watchdog builds on this module, so a top-level import would be circular.
+    from watchdog import start_services as start
+
+    return start(settings, status, engines_provider, metrics, stop_event)

@@ -9,16 +9,20 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import humanize
 import orjson
+import psutil
 
 from config import Settings
 
@@ -27,6 +31,7 @@ logger = logging.getLogger("dlt_sync.utils")
 MASK = "***"
 NOISY_LOGGERS = ("dlt", "sqlalchemy", "urllib3", "alive_progress", "filelock", "fsspec")
 PROGRESS_LOG_INTERVAL = 10.0
+STAGING_REFRESH_SECONDS = 10.0
 
 # Key names whose values are secrets: SOURCE_DB_PASS, password, MYSQL_ROOT_PASSWORD, pwd, ...
 _SECRET_KEY = r"\w*(?:password|passwd|pass|pwd|secret|token)"
@@ -116,7 +121,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = mask_secrets(record.getMessage())
         component, operation, text = split_message(record, message)
-        stamp = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        stamp = datetime.fromtimestamp(record.created, tz=UTC)
         payload: dict[str, Any] = {
             "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
@@ -211,6 +216,116 @@ def format_cycle_summary(cycle: int, tables_ok: int, tables_failed: int, rows: i
         f"cycle {cycle}: {tables_ok} table(s) synced, {tables_failed} failed, "
         f"{format_rows(rows)} rows in {format_duration(seconds)}"
     )
+
+
+# --------------------------------------------------------------------------- cached measurements
+def directory_usage(directory: Path) -> tuple[float, int]:
+    """(size in MB, number of files) below ``directory``; (0, 0) when it does not exist."""
+    total = 0
+    files = 0
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+                files += 1
+            except FileNotFoundError:
+                continue  # removed by the retention cleanup while we walked
+    return round(total / (1024 * 1024), 3), files
+
+
+class StagingMonitor:
+    """Measures the staging directory into ``sink(usage_mb, files_count)``; one measurement at a time.
+
+    Walking a large directory can be slow, so request handlers never call :meth:`refresh`
+    themselves: the watchdog does, and handlers use :meth:`refresh_in_background_if_stale`.
+    """
+
+    def __init__(
+        self, directory: Path, sink: Callable[[float, int], None], max_age: float = STAGING_REFRESH_SECONDS
+    ) -> None:
+        self.directory = Path(directory)
+        self.sink = sink
+        self.max_age = max_age
+        self._running = threading.Lock()
+
+    def refresh(self) -> None:
+        """Measure now; errors are logged, never raised."""
+        if not self._running.acquire(blocking=False):
+            return  # another thread is measuring right now
+        try:
+            usage_mb, files = directory_usage(self.directory)
+            self.sink(usage_mb, files)
+        except OSError as exc:
+            logger.warning("FILE_STAGING - MONITORING - cannot measure %s: %s", self.directory, exc)
+        finally:
+            self._running.release()
+
+    def refresh_in_background_if_stale(self, age_seconds: float | None) -> None:
+        """Start a background measurement when the cached one is missing or older than ``max_age``."""
+        if age_seconds is not None and age_seconds < self.max_age:
+            return
+        if self._running.locked():
+            return
+        threading.Thread(target=self.refresh, name="staging-usage", daemon=True).start()
+
+
+class ProcessSampler:
+    """Memory and CPU of this process; CPU is averaged over at least one second between samples."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self._lock = threading.Lock()
+        self._cpu_percent = 0.0
+        self._cpu_sampled = time.monotonic()
+        self._process.cpu_percent(interval=None)  # the first call only starts the measurement
+
+    def memory_mb(self) -> float:
+        """Resident set size in MB."""
+        return round(self._process.memory_info().rss / (1024 * 1024), 1)
+
+    def cpu_percent(self) -> float:
+        """CPU use since the previous sample (100 = one core)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._cpu_sampled >= 1.0:
+                self._cpu_percent = self._process.cpu_percent(interval=None)
+                self._cpu_sampled = now
+            return self._cpu_percent
+
+
+# --------------------------------------------------------------------------- time and JSON helpers
+def as_utc(value: Any) -> datetime | None:
+    """``value`` (datetime, date or ISO text) as an aware UTC datetime; None when it is not a time."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if not isinstance(value, datetime):
+        return None
+    # Naive values are UTC: every session pins time_zone='+00:00'.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso(value: Any) -> str | None:
+    """``2024-01-15T10:30:45Z`` for datetimes, ``str(value)`` for anything else, None for None."""
+    moment = as_utc(value) if isinstance(value, datetime) else None
+    if moment is not None:
+        return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return None if value is None else str(value)
+
+
+def mask_all(value: Any) -> Any:
+    """``value`` (nested dicts/lists) with :func:`mask_secrets` applied to every string."""
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, dict):
+        return {key: mask_all(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_all(item) for item in value]
+    return value
 
 
 class ProgressReporter(Protocol):
