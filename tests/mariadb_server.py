@@ -59,6 +59,9 @@ class MariaDBServer:
         self.root = base / f"{name}-{uuid.uuid4().hex[:6]}"
         self.datadir = self.root / "data"
         shutil.copytree(template, self.datadir)
+        # A private tmpdir: a starting mariadbd deletes every '#sql*' file in its tmpdir, which
+        # would break the temporary tables of other servers sharing /tmp.
+        (self.root / "tmp").mkdir(exist_ok=True)
         self.port = free_port()
         self.host = "127.0.0.1"
         self.extra_args = list(extra_args or [])
@@ -77,6 +80,7 @@ class MariaDBServer:
             "--bind-address=127.0.0.1",
             f"--socket={self.socket_path}",
             f"--pid-file={self.root / 'mysqld.pid'}",
+            f"--tmpdir={self.root / 'tmp'}",
             f"--log-error={self.root / 'error.log'}",
             "--skip-log-bin",
             "--skip-name-resolve",
