@@ -26,6 +26,7 @@ from error_handling import ConfigError, SyncError, describe_error  # noqa: E402
 from monitoring import SyncStatus  # noqa: E402
 from pipeline_management import TableSyncer, check_connectivity  # noqa: E402
 from utils import format_cycle_summary, setup_logging  # noqa: E402
+from watchdog import start_services, track_engines  # noqa: E402
 
 logger = logging.getLogger("dlt_sync.main")
 
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = SyncStatus()
     status.register_tables(specs)
     engines: Engines = create_engines(settings)
+    own_connections = track_engines(engines)  # before any connection exists, so the watchdog knows them all
     services = None
     leases = None
     try:
@@ -152,10 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verify is not None:
             from verification import run_verify
 
-            return run_verify(engines, settings, specs, args.verify, args.repair, stop)
+            return run_verify(engines, settings, specs, args.verify, args.repair, stop, status=status, metrics=metrics)
         StopSignal(stop).install()
         if not args.once:
-            services = monitoring.start_health_server(settings, status, lambda: engines, metrics)
+            services = start_services(settings, status, lambda: engines, metrics, stop, own_connections=own_connections)
         if args.once:
             syncer.prepare()
             return EXIT_OK if run_cycle(syncer, specs, status, 1) else EXIT_FAILED
