@@ -117,19 +117,19 @@ class TargetLoader:
                     else:
                         self._upsert_via_stage(cursor, table, columns, key, chunk)
                     raw.commit()
+                    cursor.execute("SET SESSION max_statement_time=0")
                     logger.debug("LOADER - CHUNK - %s: %d rows in %.2fs", table, chunk.num_rows, time.monotonic() - started)
                 finally:
-                    try:
-                        cursor.execute("SET SESSION max_statement_time=0")
-                    finally:
-                        cursor.close()
-            except BaseException as exc:
+                    cursor.close()
+            except BaseException:
                 try:
                     raw.rollback()
-                except Exception as rollback_exc:  # noqa: BLE001 - the connection is broken; drop it below
+                except Exception as rollback_exc:  # noqa: BLE001 - the connection is broken; dropped below
                     logger.debug("LOADER - ROLLBACK - rollback failed: %s", rollback_exc)
-                if is_connection_error(exc):
-                    raw.invalidate()
+                # Never pool a failed connection: it may be dead or still carry the statement limit.
+                # (Resetting the limit on a dead connection here used to replace the real error, e.g.
+                # a retryable 2013, with pymysql's InterfaceError(0, '').)
+                raw.invalidate()
                 raise
             finally:
                 raw.close()
