@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -127,6 +128,8 @@ def run_daemon(syncer: TableSyncer, specs: Sequence[TableSpec], settings: Settin
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # The daemon reaches only its databases; dlt's anonymous telemetry stays off unless asked for.
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     try:
         settings, specs = load_configuration(args)
     except ConfigError as exc:
