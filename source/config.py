@@ -23,7 +23,7 @@ IDENTIFIER_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 
 PipelineMode = Literal["direct", "file_staging"]
 SyncStrategy = Literal["incremental", "full_refresh", "auto"]
-SanitizePolicy = Literal["error", "null", "clamp"]
+SanitizePolicy = Literal["error", "null"]  # what to do with values the target cannot store
 DeletePolicy = Literal["ignore", "reconcile"]
 ExtractBackend = Literal["auto", "connectorx", "pyarrow"]
 
@@ -52,7 +52,7 @@ TABLES_SCHEMA: dict[str, Any] = {
             "sync_strategy": {"type": "string", "enum": ["incremental", "full_refresh", "auto"]},
             "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000000},
             "mode": {"type": "string", "enum": ["direct", "file_staging"]},
-            "sanitize": {"type": "string", "enum": ["error", "null", "clamp"]},
+            "sanitize": {"type": "string", "enum": ["error", "null"]},
             "deletes": {"type": "string", "enum": ["ignore", "reconcile"]},
             "reconcile_every_cycles": {"type": "integer", "minimum": 1},
             "reconcile_every_minutes": {"type": "number", "exclusiveMinimum": 0},
@@ -226,7 +226,7 @@ SETTING_VARIABLES: dict[str, tuple[str, Any]] = {
     "LOOKBACK_SECONDS": ("lookback_seconds", _non_negative_float),
     "CHUNK_SIZE": ("chunk_size", _positive_int),
     "EXTRACT_BACKEND": ("extract_backend", _choice("auto", "connectorx", "pyarrow")),
-    "SANITIZE_POLICY": ("sanitize_policy", _choice("error", "null", "clamp")),
+    "SANITIZE_POLICY": ("sanitize_policy", _choice("error", "null")),
     "PIPELINES_DIR": ("pipelines_dir", Path),
     "LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
     "LOG_FORMAT": ("log_format", _choice("text", "json")),

@@ -11,6 +11,7 @@ value (immune to either server's time zone).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -56,6 +57,31 @@ def load_expression(col: Column, raw: str) -> str:
     if col.charset is not None:
         return f"CONVERT({raw} USING utf8mb4)"
     return raw
+
+
+_ENUM_MEMBER = re.compile(r"'((?:[^'\\]|''|\\.)*)'")
+
+
+def enum_members(col: Column) -> list[str]:
+    """The members of an ENUM/SET column as SQL literal bodies (quotes still doubled), in order."""
+    body = col.column_type[col.column_type.find("(") + 1 : col.column_type.rfind(")")]
+    return _ENUM_MEMBER.findall(body)
+
+
+def has_enum_error_value(col: Column) -> bool:
+    """Whether ``col`` is an ENUM that can hold the invalid value ``''`` (index 0) as an extra value.
+
+    Such a value is exact data, but a strict target refuses to write ``''`` into it, so the loader
+    writes it in a separate, statement-scoped non-strict step (see ``sanitization.LoadPlan``).
+    """
+    return col.data_type == "enum" and "" not in enum_members(col)
+
+
+def enum_error_value_placeholder(col: Column) -> str:
+    """What the ``INSERT`` writes for ``''`` before the fix-up: NULL, or the first member if NOT NULL."""
+    if col.nullable:
+        return "NULL"
+    return f"'{enum_members(col)[0]}'"
 
 
 def select_list(columns: Sequence[Column]) -> str:

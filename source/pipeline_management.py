@@ -67,6 +67,7 @@ class TableResult:
     error: str | None = None
     category: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    sanitized: dict[str, int] = field(default_factory=dict)  # column -> values set to NULL by the policy
 
 
 def error_category(exc: BaseException) -> str:
@@ -229,6 +230,7 @@ class TableSyncer:
             self.status.table_succeeded(
                 spec.table, result.rows, result.seconds, watermark=result.watermark,
                 newest_modifier=result.details.get("newest_modifier"), skipped=result.skipped, mode=result.mode,
+                sanitized=result.sanitized,
             )
         else:
             self.status.table_failed(spec.table, result.error or "failed", result.category or "other_errors")
@@ -238,13 +240,14 @@ class TableSyncer:
     # ----------------------------------------------------------------- one table
     def _sync(self, spec: TableSpec, mode: PipelineMode) -> TableResult:
         with self.engines.source.connect() as source, self.engines.target.connect() as target:
-            source_def, _changes = ensure_target_table(source, target, spec.table)
+            source_def, changes = ensure_target_table(source, target, spec.table)
             missing = [c for c in spec.primary_key if source_def.column(c) is None]
             if missing:
                 raise SchemaError(f"table {spec.table!r}: primary_key column(s) {missing} do not exist in the source")
             check_merge_key(source, spec.table, spec.primary_key)
             if spec.strategy == "incremental":
-                return self._incremental(spec, mode, source, target, source_def)
+                # A new column (or a renamed one) holds values in rows outside the window too.
+                return self._incremental(spec, mode, source, target, source_def, backfill=bool(changes.added))
             return self._full_refresh(spec, mode, source, target, source_def)
 
     def _chunk_rows(self, spec: TableSpec) -> int:
@@ -258,9 +261,13 @@ class TableSyncer:
             return staged_batches(self.settings, spec.table, batches)
         return nullcontext(batches)
 
-    def _load(self, spec: TableSpec, mode: PipelineMode, source_def: TableDefinition, table: str, lower: str | None, into_empty: bool) -> tuple[int, str]:
+    def _load(self, spec: TableSpec, mode: PipelineMode, source_def: TableDefinition, table: str, lower: str | None, into_empty: bool) -> tuple[int, str, dict[str, int]]:
+        """Extract and load; returns (rows, backend, values per column the sanitization policy set to NULL)."""
         backend = choose_backend(self.settings, source_def, spec.modifier)
-        loader = TargetLoader(self.engines, self.settings, self.stop_event, self.load_path())
+        loader = TargetLoader(
+            self.engines, self.settings, self.stop_event, self.load_path(),
+            sanitize=spec.sanitize or self.settings.sanitize_policy, label=spec.table,
+        )
         try:
             with self._stream(spec, mode, source_def, lower, backend) as batches:
                 rows = loader.load(table, source_def.columns, spec.primary_key, batches, into_empty=into_empty, chunk_rows=self._chunk_rows(spec))
@@ -272,9 +279,10 @@ class TableSyncer:
             backend = "pyarrow"
             with self._stream(spec, mode, source_def, lower, backend) as batches:
                 rows = loader.load(table, source_def.columns, spec.primary_key, batches, into_empty=into_empty, chunk_rows=self._chunk_rows(spec))
-        return rows, backend
+        loader.sanitized.log(spec.table)  # once per table and cycle
+        return rows, backend, dict(loader.sanitized.counts)
 
-    def _incremental(self, spec: TableSpec, mode: PipelineMode, source: Connection, target: Connection, source_def: TableDefinition) -> TableResult:
+    def _incremental(self, spec: TableSpec, mode: PipelineMode, source: Connection, target: Connection, source_def: TableDefinition, backfill: bool = False) -> TableResult:
         modifier = spec.modifier
         assert modifier is not None
         mod_col = source_def.column(modifier)
@@ -292,16 +300,19 @@ class TableSyncer:
         elif target_max is None:
             into_empty = not self._has_rows(target, spec.table)
             lower = None
+        if backfill and lower is not None:
+            logger.info("SCHEMA_SYNC - BACKFILL - %s: new column(s); re-reading the whole table once", spec.table)
+            lower = None
         if lower is not None and self._window_matches(source, target, spec, lower):
             return TableResult(spec.table, ok=True, skipped=True, watermark=target_max, mode=mode)
         mark_pending(target, spec.table, lower)
         target.commit()
-        rows, backend = self._load(spec, mode, source_def, spec.table, lower, into_empty)
+        rows, backend, sanitized = self._load(spec, mode, source_def, spec.table, lower, into_empty)
         new_max, _ = self._target_watermark(target, spec.table, modifier, mod_col.data_type)
         mark_done(target, spec.table, rows, new_max)
         target.commit()
         return TableResult(spec.table, ok=True, rows=rows, watermark=new_max, mode=mode, backend=backend,
-                           details={"lower_bound": lower, "newest_modifier": new_max})
+                           details={"lower_bound": lower, "newest_modifier": new_max}, sanitized=sanitized)
 
     def _target_watermark(self, target: Connection, table: str, modifier: str, data_type: str) -> tuple[str | None, str | None]:
         """(max modifier, lower bound = max minus lookback) in the target, as strings."""
@@ -348,14 +359,14 @@ class TableSyncer:
         target.exec_driver_sql(f"DROP TABLE IF EXISTS {q(shadow)}, {q(retired)}")
         target.exec_driver_sql(f"CREATE TABLE {q(shadow)} LIKE {q(spec.table)}")
         try:
-            rows, backend = self._load(spec, mode, source_def, shadow, None, into_empty=True)
+            rows, backend, sanitized = self._load(spec, mode, source_def, shadow, None, into_empty=True)
             # One atomic RENAME: readers see the old table or the new one, never neither.
             target.exec_driver_sql(f"RENAME TABLE {q(spec.table)} TO {q(retired)}, {q(shadow)} TO {q(spec.table)}")
             target.exec_driver_sql(f"DROP TABLE {q(retired)}")
         except BaseException:
             target.exec_driver_sql(f"DROP TABLE IF EXISTS {q(shadow)}")
             raise
-        return TableResult(spec.table, ok=True, rows=rows, mode=mode, backend=backend)
+        return TableResult(spec.table, ok=True, rows=rows, mode=mode, backend=backend, sanitized=sanitized)
 
     # ----------------------------------------------------------------- --check
     def plan(self, spec: TableSpec) -> dict[str, Any]:

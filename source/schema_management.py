@@ -96,7 +96,7 @@ def fetch_columns(conn: Connection, table: str) -> list[Column]:
         Column(
             name=r[0],
             data_type=str(r[1]).lower(),
-            column_type=str(r[2]).lower(),
+            column_type=str(r[2]),  # already lower case except ENUM/SET members, which keep their case
             nullable=r[3] == "YES",
             charset=r[4],
             collation=r[5],
@@ -163,10 +163,32 @@ def _parse_type(column_type: str) -> tuple[str, list[str], bool]:
     return base, parts, "unsigned" in rest
 
 
+def normalized_type(column_type: str) -> str:
+    """``column_type`` without the integer/YEAR display width, which does not change what a column holds.
+
+    MySQL 8 reports ``int`` where MariaDB reports ``int(11)``; comparing them raw would alter the
+    target on every cycle.
+    """
+    return re.sub(r"^(tinyint|smallint|mediumint|int|bigint|year)\(\d+\)", r"\1", column_type.strip())
+
+
+def same_type(old: Column, new: Column) -> bool:
+    """Whether the two columns hold exactly the same values (type and character set)."""
+    return normalized_type(old.column_type) == normalized_type(new.column_type) and old.charset == new.charset
+
+
+def _has_non_null_default(definition: str) -> bool:
+    """Whether a column definition has a default other than NULL (or an ON UPDATE clause)."""
+    match = re.search(r"\bDEFAULT\s+(\S+)", definition, re.IGNORECASE)
+    return bool(match and match.group(1).upper() != "NULL") or bool(re.search(r"\bON UPDATE\b", definition, re.IGNORECASE))
+
+
 def is_widening(old: Column, new: Column) -> bool:
     """Whether changing a target column from ``old`` to ``new`` loses no stored value."""
-    if old.column_type == new.column_type:
-        return True
+    # utf8mb4 holds every character of every other character set; anything else must stay the same.
+    charset_ok = old.charset == new.charset or new.charset == "utf8mb4"
+    if normalized_type(old.column_type) == normalized_type(new.column_type):
+        return charset_ok
     o_base, o_args, o_uns = _parse_type(old.column_type)
     n_base, n_args, n_uns = _parse_type(new.column_type)
     if o_base in _INTEGER_RANK and n_base in _INTEGER_RANK:
@@ -179,10 +201,9 @@ def is_widening(old: Column, new: Column) -> bool:
         return ns >= os_ and (np_ - ns) >= (op - os_)
     if (o_base, n_base) == ("float", "double"):
         return True
-    same_charset = old.charset == new.charset
-    if o_base in {"varchar", "char"} and n_base in {"varchar", "char"} and same_charset:
+    if o_base in {"varchar", "char"} and n_base in {"varchar", "char"} and charset_ok:
         return int(n_args[0]) >= int(o_args[0]) and not (o_base == "varchar" and n_base == "char")
-    if o_base in {"varchar", "char"} | set(_TEXT_RANK) and n_base in _TEXT_RANK and same_charset:
+    if o_base in {"varchar", "char"} | set(_TEXT_RANK) and n_base in _TEXT_RANK and charset_ok:
         return o_base not in _TEXT_RANK or _TEXT_RANK[n_base] >= _TEXT_RANK[o_base]
     if o_base in {"varbinary", "binary"} and n_base == "varbinary":
         return int(n_args[0]) >= int(o_args[0])
@@ -190,7 +211,7 @@ def is_widening(old: Column, new: Column) -> bool:
         return o_base not in _BLOB_RANK or _BLOB_RANK[n_base] >= _BLOB_RANK[o_base]
     if o_base == n_base and o_base in {"datetime", "timestamp", "time"}:
         return int((n_args or ["0"])[0]) >= int((o_args or ["0"])[0])
-    if o_base == n_base and o_base in {"enum", "set"}:
+    if o_base == n_base and o_base in {"enum", "set"} and charset_ok:
         return n_args[: len(o_args)] == o_args  # values appended at the end keep their indexes
     if o_base == n_base == "bit":
         return int(n_args[0]) >= int(o_args[0])
@@ -224,7 +245,7 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
             position = f"AFTER {q(previous)}" if previous else "FIRST"
             alters.append(f"ADD COLUMN {q(col.name)} {definition} {position}")
             changes.added.append(col.name)
-        elif existing.column_type != col.column_type or existing.charset != col.charset:
+        elif not same_type(existing, col):
             if not is_widening(existing, col):
                 raise SchemaError(
                     f"table {table!r} column {col.name!r} changed in the source from {existing.column_type} "
@@ -239,26 +260,33 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
         previous = col.name
     source_names = {c.name.lower() for c in source_def.columns}
     target_def = None
+    null_defaults: list[str] = []
     for name, existing in target_cols.items():
         if name in source_names:
             continue
         changes.kept_dropped.append(existing.name)
+        target_def = target_def or describe_table(target, table)
+        definition = target_def.definitions[existing.name]
         if not existing.nullable:
-            target_def = target_def or describe_table(target, table)
-            definition = target_def.definitions[existing.name]
             # Keep the data but let rows without this column load: make it NULL-able.
             relaxed = re.sub(r"\bNOT NULL\b", "NULL", definition, count=1)
             alters.append(f"MODIFY COLUMN {q(existing.name)} {relaxed}")
+        if _has_non_null_default(definition):
+            # Rows loaded from now on did not come with a value: NULL, not a made-up default.
+            null_defaults.append(f"ALTER COLUMN {q(existing.name)} SET DEFAULT NULL")
     if changes.kept_dropped:
         logger.warning(
-            "SCHEMA_SYNC - DROPPED_COLUMN - %s: column(s) %s no longer exist in the source; kept in the target "
-            "(data is never dropped), new rows get NULL there",
+            "SCHEMA_SYNC - DROPPED_COLUMN - %s: column(s) %s no longer exist in the source (dropped or renamed); "
+            "kept in the target (data is never dropped), rows loaded from now on get NULL there",
             table,
             ", ".join(changes.kept_dropped),
         )
     if alters:
         target.exec_driver_sql(f"ALTER TABLE {q(table)} " + ", ".join(alters))
         logger.info("SCHEMA_SYNC - ALTER - %s: added %s, widened %s", table, changes.added, changes.widened)
+    if null_defaults:
+        # A separate statement: MariaDB refuses MODIFY and ALTER COLUMN of one column in one ALTER.
+        target.exec_driver_sql(f"ALTER TABLE {q(table)} " + ", ".join(null_defaults))
     return source_def, changes
 
 

@@ -25,11 +25,12 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from config import Settings
+from config import SanitizePolicy, Settings
 from data_processing import encode_tsv, load_expression, rows_as_parameters
 from database import Engines
 from database import quote_identifier as q
 from error_handling import DataError, call_with_retries, is_connection_error, retry_kwargs
+from sanitization import LoadPlan, SanitizeCounter
 from schema_management import Column
 
 logger = logging.getLogger("dlt_sync.target_loader")
@@ -59,12 +60,26 @@ def rechunk(batches: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
 class TargetLoader:
     """Applies chunks of rows to target tables."""
 
-    def __init__(self, engines: Engines, settings: Settings, stop_event: threading.Event, path: LoadPath) -> None:
+    def __init__(
+        self,
+        engines: Engines,
+        settings: Settings,
+        stop_event: threading.Event,
+        path: LoadPath,
+        *,
+        sanitize: SanitizePolicy = "error",
+        label: str | None = None,
+    ) -> None:
         self.engines = engines
         self.settings = settings
         self.stop_event = stop_event
         self.path = path
         self.tmpdir = Path(tempfile.gettempdir())
+        self.sanitize = sanitize
+        self.label = label  # the table name for messages (loads may target a shadow table)
+        self.sanitized = SanitizeCounter()  # values set to NULL by the sanitization policy, committed only
+        self._sql_mode: str | None = None
+        self._plan: LoadPlan | None = None
 
     def load(
         self,
@@ -112,11 +127,14 @@ class TargetLoader:
                 try:
                     cursor.execute(f"SET SESSION max_statement_time={int(self.settings.transaction_timeout)}")
                     started = time.monotonic()
-                    if into_empty and self.path == "load_data":
+                    plan = self._load_plan(cursor, table, columns)
+                    sanitized: dict[str, int] = {}
+                    if into_empty and self.path == "load_data" and not plan.needs_stage(chunk):
                         self._load_data_direct(cursor, table, columns, chunk)
                     else:
-                        self._upsert_via_stage(cursor, table, columns, key, chunk)
+                        sanitized = self._upsert_via_stage(cursor, table, columns, key, chunk, plan)
                     raw.commit()
+                    self.sanitized.add(sanitized, plan.reasons())
                     cursor.execute("SET SESSION max_statement_time=0")
                     logger.debug("LOADER - CHUNK - %s: %d rows in %.2fs", table, chunk.num_rows, time.monotonic() - started)
                 finally:
@@ -133,6 +151,15 @@ class TargetLoader:
                 raise
             finally:
                 raw.close()
+
+    def _load_plan(self, cursor: Any, table: str, columns: Sequence[Column]) -> LoadPlan:
+        """The sanitization/exact-transport plan for ``columns`` under the target session's sql_mode."""
+        if self._sql_mode is None:
+            cursor.execute("SELECT @@SESSION.sql_mode")
+            self._sql_mode = str(cursor.fetchone()[0] or "")
+        if self._plan is None or self._plan.columns != list(columns):
+            self._plan = LoadPlan(self.label or table, columns, self.sanitize, self._sql_mode)
+        return self._plan
 
     def _write_file(self, data: bytes) -> Path:
         path = self.tmpdir / f"dlt_sync_{os.getpid()}_{uuid.uuid4().hex}.tsv"
@@ -163,7 +190,13 @@ class TargetLoader:
         assignments = ", ".join(f"{q(c.name)} = {load_expression(c, f'@c{i}')}" for i, c in enumerate(columns))
         self._load_data(cursor, table, variables, f" SET {assignments}", encode_tsv(chunk))
 
-    def _upsert_via_stage(self, cursor: Any, table: str, columns: Sequence[Column], key: Sequence[str], chunk: pa.Table) -> None:
+    def _upsert_via_stage(
+        self, cursor: Any, table: str, columns: Sequence[Column], key: Sequence[str], chunk: pa.Table, plan: LoadPlan
+    ) -> dict[str, int]:
+        """Stage ``chunk`` as raw bytes, then upsert it with the plan's value expressions.
+
+        Returns the number of values per column the sanitization policy set to NULL.
+        """
         stage = "_dlt_sync_stage"
         cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {q(stage)}")
         cursor.execute(
@@ -176,8 +209,14 @@ class TargetLoader:
         else:
             placeholders = ", ".join(["%s"] * len(columns))
             cursor.executemany(f"INSERT INTO {q(stage)} VALUES ({placeholders})", rows_as_parameters(chunk))
+        counts: dict[str, int] = {}
+        count_sql = plan.count_sql(stage)
+        if count_sql is not None:
+            cursor.execute(count_sql)
+            counts = plan.counts(cursor.fetchone())
+            plan.refuse(counts)
         names = ", ".join(q(c.name) for c in columns)
-        values = ", ".join(load_expression(c, f"c{i}") for i, c in enumerate(columns))
+        values = ", ".join(plan.value_expressions([f"c{i}" for i in range(len(columns))]))
         keyset = {k.lower() for k in key}
         updates = [f"{q(c.name)} = VALUES({q(c.name)})" for c in columns if c.name.lower() not in keyset]
         if not updates:
@@ -185,4 +224,7 @@ class TargetLoader:
         cursor.execute(
             f"INSERT INTO {q(table)} ({names}) SELECT {values} FROM {q(stage)} ON DUPLICATE KEY UPDATE {', '.join(updates)}"
         )
+        for statement in plan.fixup_statements(table, stage, key):
+            cursor.execute(statement)
         cursor.execute(f"DROP TEMPORARY TABLE {q(stage)}")
+        return counts
