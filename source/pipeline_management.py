@@ -5,8 +5,14 @@ bound left pending by an unfinished load); a cheap fingerprint of the window on 
 (count, max and a checksum of key+modifier, answered from the modifier index) skips tables where
 nothing changed; otherwise the window is extracted and upserted chunk by chunk.
 
-Full refresh: skipped when ``CHECKSUM TABLE`` matches; otherwise a shadow table is loaded and
-swapped in with one atomic ``RENAME TABLE`` so readers never see an empty or half-filled table.
+Full refresh: a chunked checksum comparison (``verification.refresh_by_chunks``) leaves an
+identical table alone and repairs the differing rows when few chunks differ; otherwise a shadow
+table is loaded and swapped in with one atomic ``RENAME TABLE`` so readers never see an empty or
+half-filled table.
+
+Deletes: an incremental table with ``"deletes": "reconcile"`` gets a key-only comparison after
+its sync when due, and the target rows whose key left the source are deleted (full-refresh tables
+need none: the refresh itself removes them).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from monitoring import SyncStatus
 from schema_management import TableDefinition, ensure_target_table
 from sync_state import ensure_state_table, mark_done, mark_pending, read_state
 from target_loader import LoadPath, TargetLoader
+from verification import ReconcileSchedule, reconcile_deletes, refresh_by_chunks
 
 logger = logging.getLogger("dlt_sync.pipeline_management")
 
@@ -113,6 +120,7 @@ class TableSyncer:
         self._load_path: LoadPath | None = None
         self._prepared = False
         self._advised: set[str] = set()
+        self._deletes = ReconcileSchedule()  # when each "deletes": "reconcile" table is due
 
     # ----------------------------------------------------------------- set-up
     def load_path(self) -> LoadPath:
@@ -204,8 +212,35 @@ class TableSyncer:
             logger.error("SYNC_ENGINE - TABLE_SYNC - %s failed: %s", spec.table, message)
             logger.debug("SYNC_ENGINE - TABLE_SYNC - %s traceback", spec.table, exc_info=True)
             result = TableResult(spec.table, ok=False, mode=mode, error=message, category=category)
+        if result.ok and spec.strategy == "incremental" and self._deletes.due(spec):
+            result = self._reconcile_deletes(spec, result)
         result.seconds = time.monotonic() - started
         self._report(spec, result)
+        return result
+
+    def _reconcile_deletes(self, spec: TableSpec, result: TableResult) -> TableResult:
+        """Delete the target rows whose key left the source; a failure fails the table's result."""
+        try:
+            deleted, _comparison = call_with_retries(
+                lambda: reconcile_deletes(self.engines, self.settings, self.stop_event, spec),
+                what=f"reconciling deletes of {spec.table}",
+                stop_event=self.stop_event,
+                on_retry=self._on_retry,
+                **retry_kwargs(self.settings),
+            )
+        except ShutdownRequested:
+            return result  # the sync itself is done; the next run reconciles
+        except (SyncError, Exception) as exc:  # noqa: BLE001 - reported as this table's failure
+            message = f"delete reconciliation failed: {describe_error(exc)}"
+            logger.error("SYNC_ENGINE - DELETES - %s: %s", spec.table, message)
+            logger.debug("SYNC_ENGINE - DELETES - %s traceback", spec.table, exc_info=True)
+            return TableResult(spec.table, ok=False, mode=result.mode, error=message, category=error_category(exc))
+        self._deletes.done(spec.table)
+        result.details["rows_deleted"] = deleted
+        if deleted:
+            self.status.table_deleted(spec.table, deleted)
+            if self.metrics is not None:
+                self.metrics.rows_deleted(spec.table, deleted)
         return result
 
     def _on_retry(self, exc: BaseException) -> None:
@@ -347,13 +382,27 @@ class TableSyncer:
         source.rollback()
         return self._window_fingerprint(source, spec, lower) == self._window_fingerprint(target, spec, lower)
 
-    @staticmethod
-    def _checksum(conn: Connection, table: str) -> Any:
-        return conn.exec_driver_sql(f"CHECKSUM TABLE {q(table)}").fetchone()[1]
-
     def _full_refresh(self, spec: TableSpec, mode: PipelineMode, source: Connection, target: Connection, source_def: TableDefinition) -> TableResult:
-        if self._checksum(source, spec.table) == self._checksum(target, spec.table):
+        target_has_rows = self._has_rows(target, spec.table)
+        source_has_rows = self._has_rows(source, spec.table)
+        source.rollback()
+        target.rollback()
+        if not target_has_rows and not source_has_rows:
             return TableResult(spec.table, ok=True, skipped=True, mode=mode)
+        details: dict[str, Any] = {"refresh": "swap"}
+        if target_has_rows:  # an empty target has nothing worth comparing: load it
+            outcome = refresh_by_chunks(self.engines, self.settings, self.stop_event, spec, self.load_path())
+            differences = outcome.comparison.lower_bound_differences()
+            self.status.table_verified(spec.table, differences)
+            if self.metrics is not None and differences:
+                self.metrics.differences(spec.table, differences)
+            details = {"refresh": outcome.action, "chunks": len(outcome.comparison.chunks),
+                       "differing_chunks": len(outcome.comparison.differing_chunks)}
+            if outcome.action == "identical":
+                return TableResult(spec.table, ok=True, skipped=True, mode=mode, details=details)
+            if outcome.action == "repaired":
+                details["rows_deleted"] = outcome.deleted
+                return TableResult(spec.table, ok=True, rows=outcome.copied, mode=mode, details=details)
         shadow = f"{spec.table[:52]}__dlt_new"
         retired = f"{spec.table[:52]}__dlt_old"
         target.exec_driver_sql(f"DROP TABLE IF EXISTS {q(shadow)}, {q(retired)}")
@@ -366,7 +415,7 @@ class TableSyncer:
         except BaseException:
             target.exec_driver_sql(f"DROP TABLE IF EXISTS {q(shadow)}")
             raise
-        return TableResult(spec.table, ok=True, rows=rows, mode=mode, backend=backend, sanitized=sanitized)
+        return TableResult(spec.table, ok=True, rows=rows, mode=mode, backend=backend, sanitized=sanitized, details=details)
 
     # ----------------------------------------------------------------- --check
     def plan(self, spec: TableSpec) -> dict[str, Any]:

@@ -1,0 +1,505 @@
+"""Chunked checksum comparison of one table between the source and the target.
+
+The walk follows pt-table-sync's Chunk algorithm. The key (possibly composite, possibly a string
+or ``BINARY(16)``) is cut into buckets ``lower < key <= upper`` of ``BUCKET_ROWS`` source rows
+by keyset pagination: one query per statement's worth of buckets numbers the next keys after the
+last edge (``ROW_NUMBER() OVER (ORDER BY key)`` over ``... WHERE key > last ORDER BY key
+LIMIT n``) and returns every ``BUCKET_ROWS``-th. Both servers then answer, per bucket,
+``COUNT(*)`` and the ``BIT_XOR`` of a 64-bit per-row MD5 hash over every column in its exact form
+(or over the key alone, for delete detection) -- one ``UNION ALL`` statement for many buckets,
+sized so it takes about ``time_budget`` seconds. Only differing buckets go further: split into
+``GROUPS`` groups by a hash of the key (aligned on both sides, one statement for many buckets),
+and only the rows of differing groups are fetched as (key, row hash) and diffed. A bucket that
+is much fuller on one side (a gap) is first re-cut into buckets of that side.
+
+Range predicates are written as expanded lexicographic comparisons
+(``k1 > ? OR (k1 = ? AND k2 > ?)``), which MariaDB's range optimizer turns into index ranges;
+the row-value form ``(k1, k2) > (?, ?)`` would scan the whole index. Every statement is a
+single ``SELECT`` on its own pooled connection: nothing is written, no temporary table is created
+and no transaction outlives one statement on either server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+
+from database import Engines, quote_identifier
+from error_handling import SchemaError, ShutdownRequested
+from index_management import index_columns
+from schema_management import Column, TableDefinition
+
+logger = logging.getLogger("dlt_sync.chunk_compare")
+
+CompareMode = Literal["rows", "keys"]
+Role = Literal["source", "target"]
+Key = tuple[Any, ...]
+
+T = TypeVar("T")
+
+BUCKET_ROWS = 1_000  # source rows per compared key range (a "chunk" in reports)
+MAX_BUCKETS_PER_QUERY = 250  # UNION ALL parts per statement (more parts cost more than they save)
+GROUPS = 32  # key-hash groups a differing bucket is split into before rows are fetched
+MAX_GROUPED_ROWS = 20_000  # a differing bucket with more rows on one side is re-cut first
+SEPARATOR = "#"
+
+
+def qi(name: str) -> str:
+    """A quoted identifier safe inside a statement that also carries ``%s`` parameters."""
+    return quote_identifier(name).replace("%", "%%")
+
+
+# --------------------------------------------------------------------------- SQL building
+def hash_form(col: Column) -> str:
+    """``col`` in an exact, server-independent text or byte form for hashing."""
+    name = qi(col.name)
+    if col.data_type == "bit":
+        return f"CAST({name} AS UNSIGNED)"
+    if col.data_type == "float":
+        return f"CAST({name} AS DOUBLE)"  # FLOAT's own text form rounds to ~6 digits
+    if col.data_type == "timestamp":
+        return f"UNIX_TIMESTAMP({name})"  # independent of any time zone
+    if col.is_binary:
+        return f"HEX({name})"  # raw bytes could contain the separator
+    if col.charset is not None:
+        return f"CAST({name} AS BINARY)"  # its stored bytes; no collation mixing in CONCAT_WS
+    return name
+
+
+def row_hash_sql(columns: Sequence[Column]) -> str:
+    """A 64-bit unsigned hash of the row over ``columns``: MD5 of their forms and NULL markers."""
+    forms = [hash_form(c) for c in columns]
+    nullable = [c for c in columns if c.nullable]
+    if nullable:
+        # CONCAT_WS skips NULLs; the markers tell NULL apart from a missing or empty value.
+        forms.append("CONCAT(" + ", ".join(f"ISNULL({qi(c.name)})" for c in nullable) + ")")
+    return f"CAST(CONV(LEFT(MD5(CONCAT_WS('{SEPARATOR}', {', '.join(forms)})), 16), 16, 10) AS UNSIGNED)"
+
+
+def _lexicographic(key: Sequence[str], values: Key, strict: str, last: str) -> tuple[str, list[Any]]:
+    """``key <op> values`` expanded so the range optimizer can use the key's index."""
+    names = [qi(k) for k in key]
+    sql = f"{names[-1]} {last} %s"
+    params: list[Any] = [values[-1]]
+    for name, value in zip(reversed(names[:-1]), reversed(values[:-1]), strict=True):
+        sql = f"({name} {strict} %s OR ({name} = %s AND {sql}))"
+        params = [value, value, *params]
+    if len(names) > 1:
+        # A redundant bound on the leading column keeps the range tight.
+        sql = f"{names[0]} {'>=' if strict == '>' else '<='} %s AND {sql}"
+        params = [values[0], *params]
+    return sql, params
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """The keys ``lower < key <= upper``; ``None`` leaves that side unbounded."""
+
+    lower: Key | None = None
+    upper: Key | None = None
+
+
+def range_condition(key: Sequence[str], rng: KeyRange) -> tuple[str, list[Any]]:
+    """WHERE condition (``1=1`` when unbounded) and its parameters for ``rng``."""
+    parts: list[str] = []
+    params: list[Any] = []
+    if rng.lower is not None:
+        sql, values = _lexicographic(key, rng.lower, ">", ">")
+        parts.append(f"({sql})")
+        params += values
+    if rng.upper is not None:
+        sql, values = _lexicographic(key, rng.upper, "<", "<=")
+        parts.append(f"({sql})")
+        params += values
+    return (" AND ".join(parts) or "1=1"), params
+
+
+def key_condition(key: Sequence[str], keys: Sequence[Key]) -> tuple[str, list[Any]]:
+    """WHERE condition matching exactly ``keys`` (point lookups on the key's index)."""
+    if len(key) == 1:
+        return f"{qi(key[0])} IN ({', '.join(['%s'] * len(keys))})", [k[0] for k in keys]
+    one = "(" + " AND ".join(f"{qi(k)} = %s" for k in key) + ")"
+    return " OR ".join([one] * len(keys)), [v for k in keys for v in k]
+
+
+def execute(conn: Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """Run ``sql`` (written with ``%%`` escapes) with or without parameters."""
+    if params:
+        return conn.exec_driver_sql(sql, tuple(params))
+    return conn.exec_driver_sql(sql.replace("%%", "%"))
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class ChunkSums:
+    """``COUNT(*)`` and ``BIT_XOR`` of the row hashes of one range on one server."""
+
+    count: int
+    checksum: int
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One range compared on both servers."""
+
+    key_range: KeyRange
+    source: ChunkSums
+    target: ChunkSums
+
+    @property
+    def differs(self) -> bool:
+        return (self.source.count, self.source.checksum) != (self.target.count, self.target.checksum)
+
+
+@dataclass
+class Differences:
+    """Keys of the rows that differ: only in the source, only in the target, or changed."""
+
+    missing: list[Key] = field(default_factory=list)
+    extra: list[Key] = field(default_factory=list)
+    changed: list[Key] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.missing) + len(self.extra) + len(self.changed)
+
+    def sort(self) -> None:
+        """Order every list by key (for stable reports)."""
+        for keys in (self.missing, self.extra, self.changed):
+            try:
+                keys.sort()
+            except TypeError:  # mixed types in one key position (zero dates come back as text)
+                keys.sort(key=repr)
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """What to compare: the table, its key in index order, the hashed columns and index hints."""
+
+    table: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    mode: CompareMode
+    source_index: str | None
+    target_index: str | None
+
+    @property
+    def key_columns(self) -> tuple[Column, ...]:
+        by_name = {c.name.lower(): c for c in self.columns}
+        return tuple(by_name[k.lower()] for k in self.key)
+
+
+def _matching_index(conn: Connection, table: str, wanted: Sequence[str], ordered: bool) -> tuple[str, list[str]] | None:
+    for name, (unique, columns) in index_columns(conn, table).items():
+        if not unique:
+            continue
+        lowered = [c.lower() for c in columns]
+        if (lowered == [w.lower() for w in wanted]) if ordered else (sorted(lowered) == sorted(w.lower() for w in wanted)):
+            return name, columns
+    return None
+
+
+def build_spec(source: Connection, target: Connection, source_def: TableDefinition, key: Sequence[str], mode: CompareMode) -> CompareSpec:
+    """The comparison of ``source_def`` on ``key``: key columns in the order of its unique index.
+
+    Raises:
+        SchemaError: ``key`` is not a primary or unique key of the source table.
+    """
+    found = _matching_index(source, source_def.name, key, ordered=False)
+    if found is None:
+        raise SchemaError(f"table {source_def.name!r}: ({', '.join(key)}) is not a primary or unique key of the source")
+    index, ordered_key = found
+    target_found = _matching_index(target, source_def.name, ordered_key, ordered=True)
+    key_set = {k.lower() for k in ordered_key}
+    columns = tuple(c for c in source_def.columns if mode == "rows" or c.name.lower() in key_set)
+    return CompareSpec(source_def.name, tuple(ordered_key), columns, mode, index, target_found[0] if target_found else None)
+
+
+# --------------------------------------------------------------------------- comparison
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class TableComparer:
+    """Compares one table bucket by bucket; use as a context manager (it owns a thread pool).
+
+    The scan reads the bucket edges of the next ``buckets_per_query`` buckets from the source in
+    one window-function query, then sends each server one ``UNION ALL`` statement with a
+    ``COUNT(*)``/``BIT_XOR`` part per bucket; ``parallel`` such statements are in flight per
+    server while the next edges are read. ``buckets_per_query`` follows the time budget.
+    """
+
+    def __init__(
+        self,
+        engines: Engines,
+        spec: CompareSpec,
+        stop_event: threading.Event,
+        *,
+        time_budget: float = 0.5,
+        parallel: int = 2,
+        initial_buckets: int = 16,
+    ) -> None:
+        self.engines = engines
+        self.spec = spec
+        self.stop_event = stop_event
+        self.time_budget = time_budget
+        self.parallel = max(1, parallel)
+        self.buckets_per_query = min(max(1, initial_buckets), MAX_BUCKETS_PER_QUERY)
+        self._pool = ThreadPoolExecutor(max_workers=2 * self.parallel, thread_name_prefix=f"verify-{spec.table}")
+        self._key_sql = ", ".join(qi(k) for k in spec.key)
+        self._hash_sql = row_hash_sql(spec.columns)
+        forms = ", ".join(hash_form(c) for c in spec.key_columns)
+        self._group_sql = f"MOD(CRC32(CONCAT_WS('{SEPARATOR}', {forms})), {GROUPS})"
+        self.queries = 0
+
+    def __enter__(self) -> TableComparer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # ---------------------------------------------------------------- queries
+    def _engine(self, role: Role) -> Engine:
+        return self.engines.source if role == "source" else self.engines.target
+
+    def _from(self, role: Role) -> str:
+        index = self.spec.source_index if role == "source" else self.spec.target_index
+        hint = f" FORCE INDEX ({qi(index)})" if index else ""
+        return f"{qi(self.spec.table)}{hint}"
+
+    def _read(self, role: Role, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        if self.stop_event.is_set():
+            raise ShutdownRequested(f"shutdown requested while comparing {self.spec.table}")
+        self.queries += 1
+        with self._engine(role).connect() as conn:  # one statement; returned (rolled back) at once
+            return [tuple(r) for r in execute(conn, sql, params).fetchall()]
+
+    def _pair(self, method: Callable[..., T], *args: Any) -> tuple[T, T]:
+        """``method(role, *args)`` on the source and the target concurrently."""
+        source = self._pool.submit(method, "source", *args)
+        target = method("target", *args)
+        return source.result(), target
+
+    def edges(self, role: Role, rng: KeyRange, limit: int | None) -> tuple[list[Key], int]:
+        """Every ``BUCKET_ROWS``-th key of ``rng`` on ``role`` and the last one, over at most
+        ``limit`` rows; plus the number of rows read."""
+        where, params = range_condition(self.spec.key, rng)
+        inner = f"SELECT {self._key_sql} FROM {self._from(role)} WHERE {where} ORDER BY {self._key_sql}"
+        if limit is not None:
+            inner += f" LIMIT {int(limit)}"
+        rows = self._read(
+            role,
+            f"SELECT {self._key_sql}, _dlt_n FROM (SELECT {self._key_sql}, "
+            f"ROW_NUMBER() OVER (ORDER BY {self._key_sql}) AS _dlt_rn, COUNT(*) OVER () AS _dlt_n "
+            f"FROM ({inner}) AS _dlt_keys) AS _dlt_numbered "
+            f"WHERE MOD(_dlt_rn, {BUCKET_ROWS}) = 0 OR _dlt_rn = _dlt_n ORDER BY _dlt_rn",
+            params,
+        )
+        width = len(self.spec.key)
+        return [r[:width] for r in rows], (int(rows[0][width]) if rows else 0)
+
+    def sums(self, role: Role, ranges: Sequence[KeyRange]) -> tuple[list[ChunkSums], float]:
+        """COUNT(*) and BIT_XOR of the row hashes of every range on ``role`` (one statement)."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for i, rng in enumerate(ranges):
+            where, values = range_condition(self.spec.key, rng)
+            parts.append(f"SELECT {i}, COUNT(*), BIT_XOR({self._hash_sql}) FROM {self._from(role)} WHERE {where}")
+            params += values
+        started = time.monotonic()
+        rows = self._read(role, " UNION ALL ".join(parts), params)
+        found = [ChunkSums(0, 0)] * len(ranges)
+        for row in rows:
+            found[int(row[0])] = ChunkSums(int(row[1]), int(row[2] or 0))
+        return found, time.monotonic() - started
+
+    def group_sums(self, role: Role, ranges: Sequence[KeyRange]) -> dict[tuple[int, int], tuple[int, int]]:
+        """(range index, key-hash group) -> (COUNT(*), BIT_XOR of row hashes) on ``role``."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for i, rng in enumerate(ranges):
+            where, values = range_condition(self.spec.key, rng)
+            parts.append(
+                f"(SELECT {i}, {self._group_sql} AS _dlt_g, COUNT(*), BIT_XOR({self._hash_sql}) "
+                f"FROM {self._from(role)} WHERE {where} GROUP BY _dlt_g)"
+            )
+            params += values
+        return {(int(r[0]), int(r[1])): (int(r[2]), int(r[3] or 0)) for r in self._read(role, " UNION ALL ".join(parts), params)}
+
+    def row_hashes(self, role: Role, wanted: Sequence[tuple[KeyRange, Sequence[int]]]) -> dict[Key, int]:
+        """Key -> row hash of the rows of the given key-hash groups of the given ranges on ``role``."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for rng, groups in wanted:
+            where, values = range_condition(self.spec.key, rng)
+            listed = ", ".join(str(int(g)) for g in groups)
+            parts.append(
+                f"SELECT {self._key_sql}, {self._hash_sql} FROM {self._from(role)} "
+                f"WHERE {where} AND {self._group_sql} IN ({listed})"
+            )
+            params += values
+        width = len(self.spec.key)
+        return {r[:width]: int(r[width]) for r in self._read(role, " UNION ALL ".join(parts), params)}
+
+    # ---------------------------------------------------------------- bucket walk
+    @staticmethod
+    def _ranges(rng: KeyRange, keys: Sequence[Key], complete: bool) -> list[KeyRange]:
+        """Buckets ending at ``keys``; when ``complete`` the last one reaches ``rng.upper``."""
+        ranges: list[KeyRange] = []
+        lower = rng.lower
+        for key in keys:
+            ranges.append(KeyRange(lower, key))
+            lower = key
+        if complete:
+            ranges = ranges[:-1] + [KeyRange(ranges[-1].lower, rng.upper)] if ranges else [rng]
+        return ranges
+
+    def _compare(self, ranges: Sequence[KeyRange]) -> list[ChunkResult]:
+        results: list[ChunkResult] = []
+        for batch in _batches(ranges, MAX_BUCKETS_PER_QUERY):
+            (source, _s), (target, _t) = self._pair(self.sums, batch)
+            results += [ChunkResult(r, s, t) for r, s, t in zip(batch, source, target, strict=True)]
+        return results
+
+    def scan(self) -> list[ChunkResult]:
+        """Compare the whole key space bucket by bucket (bucket edges read on the source)."""
+        results: list[ChunkResult] = []
+        inflight: deque[tuple[list[KeyRange], Future[Any], Future[Any]]] = deque()
+        lower: Key | None = None
+        while True:
+            limit = self.buckets_per_query * BUCKET_ROWS
+            keys, rows = self.edges("source", KeyRange(lower, None), limit)
+            complete = rows < limit
+            ranges = self._ranges(KeyRange(lower, None), keys, complete)
+            inflight.append((ranges, self._pool.submit(self.sums, "source", ranges), self._pool.submit(self.sums, "target", ranges)))
+            if len(inflight) >= self.parallel:
+                self._collect(inflight.popleft(), results)
+            if complete:
+                break
+            lower = keys[-1]
+        while inflight:
+            self._collect(inflight.popleft(), results)
+        return results
+
+    def _collect(self, item: tuple[list[KeyRange], Future[Any], Future[Any]], results: list[ChunkResult]) -> None:
+        ranges, source_future, target_future = item
+        (source, source_seconds), (target, target_seconds) = source_future.result(), target_future.result()
+        results += [ChunkResult(r, s, t) for r, s, t in zip(ranges, source, target, strict=True)]
+        rows = max(sum(s.count for s in source), sum(t.count for t in target), 1)
+        self._adapt(rows, max(source_seconds, target_seconds))
+
+    def _adapt(self, rows: int, seconds: float) -> None:
+        """Size the next statements so one takes about ``time_budget`` on the slower server."""
+        current = self.buckets_per_query
+        wanted = rows * self.time_budget / max(seconds, 1e-3) / BUCKET_ROWS
+        self.buckets_per_query = int(max(1, min(max(wanted, current / 4), current * 4, MAX_BUCKETS_PER_QUERY)))
+
+    # ---------------------------------------------------------------- down to rows
+    def resolve(self, chunks: Sequence[ChunkResult]) -> Differences:
+        """The differing rows of the differing buckets among ``chunks``."""
+        out = Differences()
+        pending = [c for c in chunks if c.differs]
+        while pending:
+            wide = [c for c in pending if max(c.source.count, c.target.count) > MAX_GROUPED_ROWS]
+            narrow = [c for c in pending if max(c.source.count, c.target.count) <= MAX_GROUPED_ROWS]
+            for batch in _batches(narrow, MAX_BUCKETS_PER_QUERY):
+                self._diff_groups(batch, out)
+            pending = []
+            for chunk in wide:  # a gap on one side: cut it into buckets of the fuller side first
+                role: Role = "source" if chunk.source.count >= chunk.target.count else "target"
+                keys, _rows = self.edges(role, chunk.key_range, None)
+                ranges = self._ranges(chunk.key_range, keys, complete=True)
+                if len(ranges) < 2:  # changed meanwhile: group it as it is
+                    self._diff_groups([chunk], out)
+                    continue
+                pending += [c for c in self._compare(ranges) if c.differs]
+        out.sort()
+        return out
+
+    def _diff_groups(self, chunks: Sequence[ChunkResult], out: Differences) -> None:
+        ranges = [c.key_range for c in chunks]
+        source_groups, target_groups = self._pair(self.group_sums, ranges)
+        differing: dict[int, list[int]] = {}
+        for index, group in sorted(set(source_groups) | set(target_groups)):
+            if source_groups.get((index, group)) != target_groups.get((index, group)):
+                differing.setdefault(index, []).append(group)
+        if not differing:
+            return
+        wanted = [(ranges[i], groups) for i, groups in differing.items()]
+        source_rows, target_rows = self._pair(self.row_hashes, wanted)
+        for key, digest in source_rows.items():
+            other = target_rows.get(key)
+            if other is None:
+                out.missing.append(key)
+            elif other != digest:
+                out.changed.append(key)
+        out.extra.extend(k for k in target_rows if k not in source_rows)
+
+
+@dataclass
+class Comparison:
+    """Outcome of comparing one table."""
+
+    table: str
+    mode: CompareMode
+    chunks: list[ChunkResult]
+    differences: Differences | None = None
+    seconds: float = 0.0
+
+    @property
+    def source_rows(self) -> int:
+        return sum(c.source.count for c in self.chunks)
+
+    @property
+    def target_rows(self) -> int:
+        return sum(c.target.count for c in self.chunks)
+
+    @property
+    def differing_chunks(self) -> list[ChunkResult]:
+        return [c for c in self.chunks if c.differs]
+
+    @property
+    def identical(self) -> bool:
+        return not self.differing_chunks
+
+    def lower_bound_differences(self) -> int:
+        """Differing rows when not resolved: at least one per differing chunk and the count gaps."""
+        if self.differences is not None:
+            return self.differences.total
+        gaps = sum(abs(c.source.count - c.target.count) for c in self.differing_chunks)
+        return max(gaps, len(self.differing_chunks))
+
+
+def compare_table(
+    engines: Engines,
+    spec: CompareSpec,
+    stop_event: threading.Event,
+    *,
+    resolve: bool | Callable[[Comparison], bool] = True,
+    time_budget: float = 0.5,
+    parallel: int = 2,
+) -> Comparison:
+    """Scan ``spec.table`` chunk by chunk, then bisect the differing chunks down to rows when
+    ``resolve`` is true or, given a callable, when it returns true for the chunk-level result."""
+    started = time.monotonic()
+    with TableComparer(engines, spec, stop_event, time_budget=time_budget, parallel=parallel) as comparer:
+        chunks = comparer.scan()
+        comparison = Comparison(spec.table, spec.mode, chunks)
+        if resolve if isinstance(resolve, bool) else resolve(comparison):
+            comparison.differences = comparer.resolve(chunks)
+        comparison.seconds = time.monotonic() - started
+        logger.debug(
+            "VERIFY - COMPARE - %s (%s): %d chunks, %d differing, %d queries in %.2fs",
+            spec.table, spec.mode, len(chunks), len(comparison.differing_chunks), comparer.queries, comparison.seconds,
+        )
+    return comparison

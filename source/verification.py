@@ -1,0 +1,421 @@
+"""Verification and repair of synced tables, delete propagation, and the full-refresh decision.
+
+All three rest on :mod:`chunk_compare`'s chunked checksums:
+
+* ``--verify [TABLE ...]`` compares every column and prints, per table, the rows, the chunks
+  compared, the differing chunks and rows (missing in the target / extra in the target / changed)
+  and the seconds; ``--repair`` re-copies the differing rows through :class:`TargetLoader` and
+  deletes the rows missing from the source, then verifies again.
+* ``"deletes": "reconcile"`` tables get a key-only comparison after their sync (every N cycles or
+  minutes, see :class:`ReconcileSchedule`) and lose exactly the target rows whose key no longer
+  exists in the source. Every candidate is looked up in the source again right before its
+  ``DELETE``, so a row that reappeared meanwhile is kept. Nothing else is ever deleted.
+* A full-refresh table is left alone when identical, repaired chunk by chunk when few chunks
+  differ, and reloaded by the shadow swap only when many do (:func:`refresh_by_chunks`).
+
+The source is only read. Target writes are short transactions of at most ``DELETE_BATCH`` rows
+(deletes) or ``CHUNK_SIZE`` rows (upserts), each holding a write slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TextIO
+
+import pyarrow as pa
+
+from chunk_compare import (
+    CompareMode,
+    CompareSpec,
+    Comparison,
+    Differences,
+    Key,
+    build_spec,
+    compare_table,
+    execute,
+    key_condition,
+    qi,
+)
+from config import Settings, TableSpec
+from data_processing import select_list
+from database import Engines, server_allows_local_infile
+from error_handling import SchemaError, ShutdownRequested, call_with_retries, describe_error, retry_kwargs
+from schema_management import Column, TableDefinition, describe_table, ensure_target_table, table_exists
+from target_loader import LoadPath, TargetLoader
+
+logger = logging.getLogger("dlt_sync.verification")
+
+EXIT_IDENTICAL, EXIT_DIFFERENT, EXIT_UNKNOWN_TABLE = 0, 1, 2
+CHUNK_SECONDS = 0.5  # time budget of one chunk on the slower server
+PARALLEL_CHUNKS = 2  # ranges compared at once (each on both servers concurrently)
+REPAIR_FRACTION = 0.1  # full refresh: repair by chunks below this share of differing chunks
+DELETE_BATCH = 500  # keys per DELETE transaction
+EXISTS_BATCH = 200  # keys per source re-check
+FETCH_BATCH = 1_000  # keys per source SELECT when re-copying rows
+
+
+def _batched(items: Sequence[Key], size: int) -> Iterator[Sequence[Key]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------- comparison set-up
+def describe_for_compare(engines: Engines, table: str, key: Sequence[str], mode: CompareMode) -> tuple[TableDefinition, CompareSpec]:
+    """The source definition of ``table`` and the comparison spec on ``key`` (read-only).
+
+    Raises:
+        SchemaError: the source table is missing or ``key`` is not one of its unique keys.
+    """
+    with engines.source.connect() as source, engines.target.connect() as target:
+        if not table_exists(source, table):
+            raise SchemaError(f"table {table!r} does not exist in the source database")
+        source_def = describe_table(source, table)
+        return source_def, build_spec(source, target, source_def, key, mode)
+
+
+def compare(engines: Engines, stop_event: threading.Event, spec: CompareSpec, **kwargs: Any) -> Comparison:
+    """:func:`chunk_compare.compare_table` with this module's time budget and parallelism."""
+    kwargs.setdefault("time_budget", CHUNK_SECONDS)
+    kwargs.setdefault("parallel", PARALLEL_CHUNKS)
+    return compare_table(engines, spec, stop_event, **kwargs)
+
+
+# --------------------------------------------------------------------------- target writes
+def absent_in_source(engines: Engines, spec: CompareSpec, keys: Sequence[Key]) -> list[Key]:
+    """The keys among ``keys`` that the source does not hold (by the server's own key equality)."""
+    absent: list[Key] = []
+    condition = " AND ".join(f"{qi(k)} = %s" for k in spec.key)
+    for batch in _batched(keys, EXISTS_BATCH):
+        sql = " UNION ALL ".join(f"(SELECT {i} FROM {qi(spec.table)} WHERE {condition})" for i in range(len(batch)))
+        with engines.source.connect() as conn:
+            found = {int(r[0]) for r in execute(conn, sql, [v for k in batch for v in k]).fetchall()}
+        absent.extend(k for i, k in enumerate(batch) if i not in found)
+    return absent
+
+
+def _delete_batch(engines: Engines, stop_event: threading.Event, spec: CompareSpec, keys: Sequence[Key]) -> int:
+    where, params = key_condition(spec.key, keys)
+    with engines.write_slot(stop_event), engines.target.begin() as conn:
+        return int(execute(conn, f"DELETE FROM {qi(spec.table)} WHERE {where}", params).rowcount)
+
+
+def delete_target_rows(engines: Engines, settings: Settings, stop_event: threading.Event, spec: CompareSpec, keys: Sequence[Key]) -> int:
+    """Delete from the target those of ``keys`` the source no longer holds; returns rows deleted."""
+    deleted = 0
+    for batch in _batched(keys, DELETE_BATCH):
+        gone = absent_in_source(engines, spec, batch)
+        if not gone:
+            continue
+        deleted += call_with_retries(
+            lambda gone=gone: _delete_batch(engines, stop_event, spec, gone),
+            what=f"deleting {len(gone)} rows from {spec.table}",
+            stop_event=stop_event,
+            **retry_kwargs(settings),
+        )
+    return deleted
+
+
+def _arrow(columns: Sequence[Column], rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+    """Rows of the exact projection (text or bytes per column) as an Arrow table."""
+    arrays = {
+        c.name: pa.array([r[i] for r in rows], type=pa.binary() if c.is_binary else pa.string())
+        for i, c in enumerate(columns)
+    }
+    return pa.table(arrays)
+
+
+def source_rows(engines: Engines, source_def: TableDefinition, key: Sequence[str], keys: Sequence[Key]) -> Iterator[pa.Table]:
+    """The source rows with ``keys`` in the exact projection of ``select_list``, batch by batch."""
+    projection = select_list(source_def.columns).replace("%", "%%")
+    for batch in _batched(keys, FETCH_BATCH):
+        where, params = key_condition(key, batch)
+        with engines.source.connect() as conn:
+            rows = execute(conn, f"SELECT {projection} FROM {qi(source_def.name)} WHERE {where}", params).fetchall()
+        yield _arrow(source_def.columns, rows)
+
+
+def copy_rows(
+    engines: Engines, settings: Settings, stop_event: threading.Event, load_path: LoadPath,
+    source_def: TableDefinition, key: Sequence[str], keys: Sequence[Key],
+) -> int:
+    """Upsert the source's current version of the rows with ``keys`` into the target."""
+    if not keys:
+        return 0
+    loader = TargetLoader(engines, settings, stop_event, load_path)
+    batches = source_rows(engines, source_def, key, keys)
+    return loader.load(source_def.name, source_def.columns, tuple(key), batches, into_empty=False, chunk_rows=settings.chunk_size)
+
+
+def repair_differences(
+    engines: Engines, settings: Settings, stop_event: threading.Event, load_path: LoadPath,
+    source_def: TableDefinition, spec: CompareSpec, differences: Differences,
+) -> tuple[int, int]:
+    """Delete the extra rows, then re-copy the missing and changed ones; (copied, deleted).
+
+    Deleting first matters: a key equal to another under the column's collation ('a' and 'A')
+    must not have its re-copied row removed afterwards.
+    """
+    deleted = delete_target_rows(engines, settings, stop_event, spec, differences.extra)
+    copied = copy_rows(engines, settings, stop_event, load_path, source_def, spec.key, differences.missing + differences.changed)
+    return copied, deleted
+
+
+# --------------------------------------------------------------------------- delete propagation
+@dataclass
+class ReconcileSchedule:
+    """When a ``"deletes": "reconcile"`` table is due (state of one TableSyncer, not global).
+
+    Due at the first successful sync, then every ``reconcile_every_cycles`` syncs (default 1
+    when neither setting is given) or once ``reconcile_every_minutes`` have passed, whichever
+    comes first when both are given.
+    """
+
+    syncs_since: dict[str, int] = field(default_factory=dict)
+    last_run: dict[str, float] = field(default_factory=dict)
+
+    def due(self, spec: TableSpec, now: float | None = None) -> bool:
+        """Count one successful sync of ``spec`` and say whether reconciliation should run now."""
+        if spec.deletes != "reconcile":
+            return False
+        now = time.monotonic() if now is None else now
+        count = self.syncs_since[spec.table] = self.syncs_since.get(spec.table, 0) + 1
+        last = self.last_run.get(spec.table)
+        if last is None:
+            return True
+        cycles = spec.reconcile_every_cycles or (1 if spec.reconcile_every_minutes is None else None)
+        if cycles is not None and count >= cycles:
+            return True
+        return spec.reconcile_every_minutes is not None and now - last >= spec.reconcile_every_minutes * 60
+
+    def done(self, table: str, now: float | None = None) -> None:
+        """Reconciliation of ``table`` succeeded."""
+        self.syncs_since[table] = 0
+        self.last_run[table] = time.monotonic() if now is None else now
+
+
+def reconcile_deletes(engines: Engines, settings: Settings, stop_event: threading.Event, spec: TableSpec) -> tuple[int, Comparison]:
+    """Delete the target rows whose key no longer exists in the source; (rows deleted, comparison)."""
+    _source_def, compare_spec = describe_for_compare(engines, spec.table, spec.primary_key, "keys")
+    comparison = compare(engines, stop_event, compare_spec)
+    extra = comparison.differences.extra if comparison.differences else []
+    deleted = delete_target_rows(engines, settings, stop_event, compare_spec, extra) if extra else 0
+    logger.info(
+        "VERIFY - DELETES - %s: %d chunks compared by key, %d differing, %d target rows without source row, "
+        "%d deleted in %.2fs",
+        spec.table, len(comparison.chunks), len(comparison.differing_chunks), len(extra), deleted, comparison.seconds,
+    )
+    return deleted, comparison
+
+
+# --------------------------------------------------------------------------- full refresh
+@dataclass
+class RefreshOutcome:
+    """What the chunked comparison decided for a full-refresh table."""
+
+    action: Literal["identical", "repaired", "swap"]
+    comparison: Comparison
+    copied: int = 0
+    deleted: int = 0
+
+
+def refresh_by_chunks(
+    engines: Engines, settings: Settings, stop_event: threading.Event, spec: TableSpec,
+    load_path: LoadPath, max_fraction: float = REPAIR_FRACTION,
+) -> RefreshOutcome:
+    """Compare all columns; repair the differing rows when under ``max_fraction`` of the chunks
+    differ, else leave the reload (shadow swap) to the caller."""
+    source_def, compare_spec = describe_for_compare(engines, spec.table, spec.primary_key, "rows")
+
+    def few(found: Comparison) -> bool:
+        return 0 < len(found.differing_chunks) < max_fraction * len(found.chunks)
+
+    comparison = compare(engines, stop_event, compare_spec, resolve=few)
+    if comparison.identical:
+        return RefreshOutcome("identical", comparison)
+    if comparison.differences is None:
+        return RefreshOutcome("swap", comparison)
+    copied, deleted = repair_differences(engines, settings, stop_event, load_path, source_def, compare_spec, comparison.differences)
+    logger.info(
+        "VERIFY - REFRESH - %s: %d of %d chunks differed; repaired by chunks: %d rows copied, %d deleted",
+        spec.table, len(comparison.differing_chunks), len(comparison.chunks), copied, deleted,
+    )
+    return RefreshOutcome("repaired", comparison, copied, deleted)
+
+
+# --------------------------------------------------------------------------- --verify
+@dataclass
+class VerifyReport:
+    """One table's line of ``--verify`` output."""
+
+    table: str
+    source_rows: int = 0
+    target_rows: int = 0
+    chunks: int = 0
+    differing_chunks: int = 0
+    missing: int = 0
+    extra: int = 0
+    changed: int = 0
+    seconds: float = 0.0
+    note: str = ""
+    error: str | None = None
+
+    @property
+    def differences(self) -> int:
+        return self.missing + self.extra + self.changed
+
+    @property
+    def identical(self) -> bool:
+        return self.error is None and self.differences == 0 and self.differing_chunks == 0
+
+    @classmethod
+    def from_comparison(cls, comparison: Comparison) -> VerifyReport:
+        found = comparison.differences or Differences()
+        return cls(
+            comparison.table, comparison.source_rows, comparison.target_rows, len(comparison.chunks),
+            len(comparison.differing_chunks), len(found.missing), len(found.extra), len(found.changed),
+            comparison.seconds,
+        )
+
+
+REPORT_HEADER = (
+    f"{'table':<30} {'source rows':>12} {'target rows':>12} {'chunks':>7} {'diff chunks':>11} "
+    f"{'missing':>8} {'extra':>8} {'changed':>8} {'seconds':>8}  result"
+)
+
+
+def format_report(report: VerifyReport) -> str:
+    """One aligned line under :data:`REPORT_HEADER`."""
+    if report.error is not None:
+        return f"{report.table:<30} ERROR: {report.error}"
+    result = "identical" if report.identical else f"DIFFERENT ({report.differences} rows)"
+    if report.note:
+        result += f" - {report.note}"
+    return (
+        f"{report.table:<30} {report.source_rows:>12} {report.target_rows:>12} {report.chunks:>7} "
+        f"{report.differing_chunks:>11} {report.missing:>8} {report.extra:>8} {report.changed:>8} "
+        f"{report.seconds:>8.2f}  {result}"
+    )
+
+
+class Verifier:
+    """Runs ``--verify`` (and ``--repair``) table by table, feeding status and metrics."""
+
+    def __init__(self, engines: Engines, settings: Settings, stop_event: threading.Event, status: Any = None,
+                 metrics: Any = None, out: TextIO | None = None) -> None:
+        self.engines = engines
+        self.settings = settings
+        self.stop_event = stop_event
+        self.status = status
+        self.metrics = metrics
+        self.out = out or sys.stdout
+        self._load_path: LoadPath | None = None
+
+    def load_path(self) -> LoadPath:
+        if self._load_path is None:
+            self._load_path = "load_data" if server_allows_local_infile(self.engines.target) else "insert"
+        return self._load_path
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def _retrying(self, func: Any, what: str) -> Any:
+        return call_with_retries(func, what=what, stop_event=self.stop_event, **retry_kwargs(self.settings))
+
+    def _compare(self, spec: TableSpec, create: bool) -> tuple[VerifyReport, Comparison | None, TableDefinition, CompareSpec]:
+        source_def, compare_spec = describe_for_compare(self.engines, spec.table, spec.primary_key, "rows")
+        with self.engines.target.connect() as target:
+            exists = table_exists(target, spec.table)
+        if not exists and create:
+            with self.engines.source.connect() as source, self.engines.target.connect() as target:
+                ensure_target_table(source, target, spec.table)
+                target.commit()
+            source_def, compare_spec = describe_for_compare(self.engines, spec.table, spec.primary_key, "rows")
+        elif not exists:
+            started = time.monotonic()
+            with self.engines.source.connect() as source:
+                rows = int(execute(source, f"SELECT COUNT(*) FROM {qi(spec.table)}").scalar() or 0)
+            report = VerifyReport(spec.table, rows, 0, 0, 0, rows, 0, 0, time.monotonic() - started,
+                                  note="target table missing")
+            return report, None, source_def, compare_spec
+        comparison = compare(self.engines, self.stop_event, compare_spec)
+        return VerifyReport.from_comparison(comparison), comparison, source_def, compare_spec
+
+    def _feed(self, report: VerifyReport) -> None:
+        if self.status is not None:
+            self.status.table_verified(report.table, report.differences)
+        if self.metrics is not None and report.differences:
+            self.metrics.differences(report.table, report.differences)
+
+    def verify(self, spec: TableSpec, repair: bool) -> bool:
+        """Verify (and repair) one table, printing its line(s); True when finally identical."""
+        try:
+            report, comparison, source_def, compare_spec = self._retrying(
+                lambda: self._compare(spec, create=repair), f"verifying {spec.table}"
+            )
+        except ShutdownRequested:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported as this table's line; the others still run
+            logger.debug("VERIFY - TABLE - %s traceback", spec.table, exc_info=True)
+            self._print(format_report(VerifyReport(spec.table, error=describe_error(exc))))
+            return False
+        self._print(format_report(report))
+        self._feed(report)
+        if report.identical or not repair or comparison is None or comparison.differences is None:
+            return report.identical
+        differences = comparison.differences
+        started = time.monotonic()
+        copied, deleted = self._retrying(
+            lambda: repair_differences(self.engines, self.settings, self.stop_event, self.load_path(), source_def,
+                                       compare_spec, differences),
+            f"repairing {spec.table}",
+        )
+        if deleted and self.status is not None:
+            self.status.table_deleted(spec.table, deleted)
+        if deleted and self.metrics is not None:
+            self.metrics.rows_deleted(spec.table, deleted)
+        self._print(f"{'':<30} repaired: {copied} rows re-copied, {deleted} rows deleted in {time.monotonic() - started:.2f}s")
+        after, _comparison, _def, _spec = self._retrying(lambda: self._compare(spec, create=False), f"verifying {spec.table}")
+        after.note = (after.note + "; " if after.note else "") + "after repair"
+        self._print(format_report(after))
+        self._feed(after)
+        return after.identical
+
+
+def run_verify(
+    engines: Engines,
+    settings: Settings,
+    specs: Sequence[TableSpec],
+    tables: Sequence[str],
+    repair: bool,
+    stop_event: threading.Event,
+    status: Any = None,
+    metrics: Any = None,
+    out: TextIO | None = None,
+) -> int:
+    """``--verify [TABLE ...] [--repair]``: 0 when every table is identical (after repair),
+    1 otherwise, 2 when a named table is not in tables.json."""
+    by_name = {s.table: s for s in specs}
+    unknown = [t for t in tables if t not in by_name]
+    if unknown:
+        print(f"unknown table(s) {', '.join(unknown)}: not in {settings.tables_file} "
+              f"(configured: {', '.join(by_name) or 'none'})", file=sys.stderr)
+        return EXIT_UNKNOWN_TABLE
+    chosen = [by_name[t] for t in dict.fromkeys(tables)] if tables else list(specs)
+    verifier = Verifier(engines, settings, stop_event, status, metrics, out)
+    verifier._print(REPORT_HEADER)
+    code = EXIT_IDENTICAL
+    for spec in chosen:
+        if stop_event.is_set():
+            return EXIT_DIFFERENT
+        try:
+            identical = verifier.verify(spec, repair)
+        except ShutdownRequested:
+            return EXIT_DIFFERENT
+        if not identical:
+            code = EXIT_DIFFERENT
+    return code
