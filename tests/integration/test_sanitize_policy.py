@@ -132,6 +132,11 @@ def test_null_policy_sets_only_the_offending_values_to_null(
     again = run_sync(env, _tables("null" if how == "tables_json" else None), target=no_zero_target, **overrides)
     assert again.result("zero_dates").ok and again.result("zero_dates").skipped
     assert again.result("zero_dates").sanitized == {}
+    # The full-refresh table never matches the source (its NULLs differ from the zero dates): it is
+    # refreshed again under the same policy, and the same values are counted again.
+    assert again.result("zero_full").ok, again.result("zero_full").error
+    assert again.result("zero_full").sanitized in ({}, expected)
+    assert exact_rows(no_zero_target, env.target_db, "zero_full", "id", ["id", "da"])[1] == ("2", None)
 
 
 def test_null_policy_cannot_apply_to_a_not_null_column(dates_env: SyncEnv, no_zero_target: MariaDBServer) -> None:
