@@ -41,7 +41,7 @@ from chunk_compare import (
     key_condition,
     qi,
 )
-from config import Settings, TableSpec
+from config import SanitizePolicy, Settings, TableSpec
 from data_processing import select_list
 from database import Engines, server_allows_local_infile
 from error_handling import SchemaError, ShutdownRequested, call_with_retries, describe_error, retry_kwargs
@@ -141,19 +141,20 @@ def source_rows(engines: Engines, source_def: TableDefinition, key: Sequence[str
 
 def copy_rows(
     engines: Engines, settings: Settings, stop_event: threading.Event, load_path: LoadPath,
-    source_def: TableDefinition, key: Sequence[str], keys: Sequence[Key],
+    source_def: TableDefinition, key: Sequence[str], keys: Sequence[Key], sanitize: SanitizePolicy = "error",
 ) -> int:
-    """Upsert the source's current version of the rows with ``keys`` into the target."""
+    """Upsert the source's current version of the rows with ``keys`` into the target (under the
+    table's sanitization policy ``sanitize``, as a sync would)."""
     if not keys:
         return 0
-    loader = TargetLoader(engines, settings, stop_event, load_path)
+    loader = TargetLoader(engines, settings, stop_event, load_path, sanitize=sanitize, label=source_def.name)
     batches = source_rows(engines, source_def, key, keys)
     return loader.load(source_def.name, source_def.columns, tuple(key), batches, into_empty=False, chunk_rows=settings.chunk_size)
 
 
 def repair_differences(
     engines: Engines, settings: Settings, stop_event: threading.Event, load_path: LoadPath,
-    source_def: TableDefinition, spec: CompareSpec, differences: Differences,
+    source_def: TableDefinition, spec: CompareSpec, differences: Differences, sanitize: SanitizePolicy = "error",
 ) -> tuple[int, int]:
     """Delete the extra rows, then re-copy the missing and changed ones; (copied, deleted).
 
@@ -161,7 +162,9 @@ def repair_differences(
     must not have its re-copied row removed afterwards.
     """
     deleted = delete_target_rows(engines, settings, stop_event, spec, differences.extra)
-    copied = copy_rows(engines, settings, stop_event, load_path, source_def, spec.key, differences.missing + differences.changed)
+    copied = copy_rows(
+        engines, settings, stop_event, load_path, source_def, spec.key, differences.missing + differences.changed, sanitize
+    )
     return copied, deleted
 
 
@@ -239,7 +242,10 @@ def refresh_by_chunks(
         return RefreshOutcome("identical", comparison)
     if comparison.differences is None:
         return RefreshOutcome("swap", comparison)
-    copied, deleted = repair_differences(engines, settings, stop_event, load_path, source_def, compare_spec, comparison.differences)
+    copied, deleted = repair_differences(
+        engines, settings, stop_event, load_path, source_def, compare_spec, comparison.differences,
+        spec.sanitize or settings.sanitize_policy,
+    )
     logger.info(
         "VERIFY - REFRESH - %s: %d of %d chunks differed; repaired by chunks: %d rows copied, %d deleted",
         spec.table, len(comparison.differing_chunks), len(comparison.chunks), copied, deleted,
@@ -371,7 +377,7 @@ class Verifier:
         started = time.monotonic()
         copied, deleted = self._retrying(
             lambda: repair_differences(self.engines, self.settings, self.stop_event, self.load_path(), source_def,
-                                       compare_spec, differences),
+                                       compare_spec, differences, spec.sanitize or self.settings.sanitize_policy),
             f"repairing {spec.table}",
         )
         if deleted and self.status is not None:

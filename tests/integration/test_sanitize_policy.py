@@ -167,3 +167,37 @@ def test_null_policy_alters_nothing_when_the_target_accepts_zero_dates(sync_env:
     run = run_sync(env, [{"table": "zero_dates", "primary_key": "id", "sanitize": "null"}])
     assert run.result("zero_dates").ok and run.result("zero_dates").sanitized == {}
     assert_same_table(env, "zero_dates", "id")
+
+
+@pytest.mark.parametrize("policy", ["error", "null"])
+def test_repair_by_chunks_applies_the_table_policy(dates_env: SyncEnv, no_zero_target: MariaDBServer, policy: str) -> None:
+    """Rows re-copied by a chunked repair (full refresh, --verify --repair) go through the same policy."""
+    import threading
+
+    import config
+    from database import create_engines
+    from error_handling import DataError
+    from schema_management import describe_table
+    from verification import copy_rows
+
+    env = dates_env
+    assert run_sync(env, _tables("null"), target=no_zero_target, TARGET_SQL_MODE=STRICT_NO_ZERO).result("zero_full").ok
+    no_zero_target.execute("UPDATE zero_full SET note = 'drifted' WHERE id IN (1, 2)", env.target_db)
+    environ = env.environ(TARGET_SQL_MODE=STRICT_NO_ZERO, TARGET_DB_HOST=no_zero_target.host, TARGET_DB_PORT=no_zero_target.port)
+    settings = config.load_settings(environ, dotenv_path=None)
+    engines = create_engines(settings)
+    try:
+        with engines.source.connect() as conn:
+            source_def = describe_table(conn, "zero_full")
+        copy = lambda: copy_rows(  # noqa: E731
+            engines, settings, threading.Event(), "load_data", source_def, ("id",), [(1,), (2,)], policy  # type: ignore[arg-type]
+        )
+        if policy == "error":
+            with pytest.raises(DataError, match="table 'zero_full'.*column 'da'"):
+                copy()
+            return
+        assert copy() == 2
+    finally:
+        engines.dispose()
+    rows = exact_rows(no_zero_target, env.target_db, "zero_full", "id", ["id", "da", "note"])
+    assert rows[:2] == [("1", "2024-05-06", _hex("clean")), ("2", None, _hex("all zero"))]
