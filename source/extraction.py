@@ -4,15 +4,21 @@ The query is the exact projection of ``data_processing.select_list`` filtered on
 (``>=`` the lower bound computed from the target), so dlt keeps no per-row cursor state. The
 backend is connectorx (Rust, ~10x faster than building Arrow from pymysql rows) when it can read
 the table exactly, else pyarrow over the pinned-UTC SQLAlchemy connection.
+
+:func:`prefetch` runs an extraction in a background thread so the next chunk is read while the
+current one is written to the target (connectorx, pyarrow kernels and socket I/O release the GIL).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import queue
+import threading
 import warnings
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Generic, Literal, TypeVar
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -26,6 +32,8 @@ from schema_management import Column, TableDefinition
 logger = logging.getLogger("dlt_sync.extraction")
 
 Backend = Literal["connectorx", "pyarrow"]
+T = TypeVar("T")
+HANDOVER_POLL_SECONDS = 0.1
 
 
 def choose_backend(settings: Settings, source_def: TableDefinition, modifier: str | None) -> Backend:
@@ -93,3 +101,81 @@ def extract(
                 yield pa.Table.from_batches([item])
             else:  # pragma: no cover - other backends are never configured here
                 raise TypeError(f"unexpected extraction item {type(item).__name__}")
+
+
+class _Failed:
+    """An exception raised by the producer thread, handed to the consumer to re-raise."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
+
+class _Prefetcher(Generic[T]):
+    """Iterates ``items`` in a worker thread and hands the items over through a queue."""
+
+    def __init__(self, items: Iterable[T], depth: int | None, name: str) -> None:
+        self._items = items
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth or 0)
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._cancel.is_set():
+            try:
+                self._queue.put(item, timeout=HANDOVER_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        iterator = iter(self._items)
+        try:
+            for item in iterator:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed over and re-raised in the consumer
+            self._put(_Failed(exc))
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # a generator: release its cursor and files in this thread
+        self._put(_DONE)
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            try:
+                item = self._queue.get(timeout=HANDOVER_POLL_SECONDS)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError(f"{self._thread.name}: producer thread ended without a result") from None
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+
+    def close(self) -> None:
+        """Stop the producer after its current item and wait for it."""
+        self._cancel.set()
+        self._thread.join()
+
+
+@contextmanager
+def prefetch(items: Iterable[T], depth: int | None, name: str) -> Iterator[Iterator[T]]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead (None: unbounded).
+
+    The producer's exceptions are re-raised by the consumer unchanged (so a caller can still tell
+    an extraction error from a load error); leaving the block stops and joins the producer.
+    """
+    prefetcher = _Prefetcher(items, depth, name)
+    try:
+        yield iter(prefetcher)
+    finally:
+        prefetcher.close()

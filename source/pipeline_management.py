@@ -21,8 +21,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -38,6 +39,7 @@ from error_handling import (
     DataError,
     SchemaError,
     ShutdownRequested,
+    StagingError,
     SyncError,
     call_with_retries,
     describe_error,
@@ -46,12 +48,12 @@ from error_handling import (
     mysql_error_code,
     retry_kwargs,
 )
-from extraction import Backend, choose_backend, extract
+from extraction import Backend, choose_backend, extract, prefetch
 from index_management import advise_source_modifier_index, check_merge_key, ensure_modifier_index
 from monitoring import SyncStatus
 from schema_management import TableDefinition, ensure_target_table
 from sync_state import ensure_state_table, mark_done, mark_pending, read_state
-from target_loader import LoadPath, TargetLoader
+from target_loader import LoadPath, TargetLoader, rechunk
 from verification import ReconcileSchedule, reconcile_deletes, refresh_by_chunks
 
 logger = logging.getLogger("dlt_sync.pipeline_management")
@@ -152,8 +154,13 @@ class TableSyncer:
 
     # ----------------------------------------------------------------- cycle
     def run_cycle(self, specs: Sequence[TableSpec]) -> list[TableResult]:
-        """Sync every table in batches of ``BATCH_SIZE``; one failure never stops the others."""
+        """Sync every table in batches of ``BATCH_SIZE``; one failure never stops the others.
+
+        ``BATCH_DELAY`` follows only batches that loaded rows: a breather for the databases after
+        work, not a fixed cost of every idle cycle.
+        """
         results: list[TableResult] = []
+        self._clean_staging(specs)
         if self.leases is not None:
             specs = self._leased(specs)
         batches = [specs[i : i + self.settings.batch_size] for i in range(0, len(specs), self.settings.batch_size)]
@@ -173,9 +180,28 @@ class TableSyncer:
                 results.append(self.sync_table(spec))
             if self.metrics is not None:
                 self.metrics.observe_batch(time.monotonic() - started)
-            if number < len(batches) and self.settings.batch_delay and self.stop_event.wait(self.settings.batch_delay):
+            moved = any(r.rows for r in results[len(results) - len(batch):])
+            if number < len(batches) and moved and self.settings.batch_delay and self.stop_event.wait(self.settings.batch_delay):
                 break
         return results
+
+    def _clean_staging(self, specs: Sequence[TableSpec]) -> None:
+        """Apply ``FILE_STAGING_RETENTION_HOURS`` once per cycle and report the directory's size."""
+        if not any(table_mode(spec, self.settings) == "file_staging" for spec in specs):
+            return
+        from file_staging import remove_expired
+
+        directory = Path(self.settings.file_staging_dir)
+        try:
+            usage = remove_expired(directory, self.settings.file_staging_retention_hours)
+        except StagingError as exc:
+            # Cleanup is housekeeping: the cycle goes on, and each staged load reports its own errors.
+            logger.warning("FILE_STAGING - CLEANUP - %s", describe_error(exc))
+            return
+        if usage.removed_files:
+            logger.info("FILE_STAGING - CLEANUP - removed %d file(s) older than %gh from %s", usage.removed_files,
+                        self.settings.file_staging_retention_hours, directory)
+        self.status.set_staging_usage(usage.usage_mb, usage.files_count)
 
     def _leased(self, specs: Sequence[TableSpec]) -> list[TableSpec]:
         """The tables this replica holds a lease on (taking its fair share of free ones)."""
@@ -259,7 +285,7 @@ class TableSyncer:
                 result.seconds,
                 rate,
                 result.mode,
-                f"/{result.backend}" if result.backend else "",
+                f"/{result.backend} via {'LOAD DATA' if self._load_path == 'load_data' else 'INSERT'}" if result.backend else "",
                 result.watermark,
             )
             self.status.table_succeeded(
@@ -289,12 +315,18 @@ class TableSyncer:
         return spec.batch_size or self.settings.chunk_size
 
     def _stream(self, spec: TableSpec, mode: PipelineMode, source_def: TableDefinition, lower: str | None, backend: Backend) -> AbstractContextManager[Iterator[pa.Table]]:
-        batches = extract(self.engines, self.settings, source_def, spec.modifier, lower, self._chunk_rows(spec), backend)
+        """The extracted chunks, read in a background thread while the previous chunk loads.
+
+        file_staging: through Parquet part files on disk (unbounded read-ahead, the disk is the
+        buffer); direct: through memory, one chunk ahead (peak memory stays a few chunks).
+        """
+        rows = self._chunk_rows(spec)
+        batches = extract(self.engines, self.settings, source_def, spec.modifier, lower, rows, backend)
         if mode == "file_staging":
             from file_staging import staged_batches
 
-            return staged_batches(self.settings, spec.table, batches)
-        return nullcontext(batches)
+            return staged_batches(self.settings, spec.table, batches, rows)
+        return prefetch(rechunk(batches, rows), depth=1, name=f"extract-{spec.table}")
 
     def _load(self, spec: TableSpec, mode: PipelineMode, source_def: TableDefinition, table: str, lower: str | None, into_empty: bool) -> tuple[int, str, dict[str, int]]:
         """Extract and load; returns (rows, backend, values per column the sanitization policy set to NULL)."""

@@ -1,0 +1,93 @@
+"""Chunking and the LOAD DATA encoding the loader sends, without a database."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pytest
+
+from data_processing import encode_tsv
+from target_loader import rechunk
+
+
+def table(start: int, stop: int) -> pa.Table:
+    return pa.table({"id": pa.array([str(i) for i in range(start, stop)], pa.string())})
+
+
+def ids(tables: list[pa.Table]) -> list[str]:
+    return [v for t in tables for v in t.column("id").to_pylist()]
+
+
+def test_rechunk_regroups_into_exact_sizes_and_keeps_order() -> None:
+    out = list(rechunk([table(0, 7), table(7, 8), table(8, 30), table(30, 31)], 10))
+    assert [t.num_rows for t in out] == [10, 10, 10, 1]
+    assert ids(out) == [str(i) for i in range(31)]
+
+
+def test_rechunk_skips_empty_batches_and_yields_nothing_for_no_rows() -> None:
+    assert list(rechunk([table(0, 0), table(0, 0)], 5)) == []
+    assert [t.num_rows for t in rechunk([table(0, 0), table(0, 5), table(0, 0)], 5)] == [5]
+
+
+def test_rechunk_passes_exact_chunks_through_without_copying() -> None:
+    source = table(0, 10)
+    (out,) = list(rechunk([source], 10))
+    assert out.column("id").chunks[0].buffers()[2].address == source.column("id").chunks[0].buffers()[2].address
+
+
+def test_rechunk_is_lazy_and_reads_only_what_the_next_chunk_needs() -> None:
+    pulled: list[int] = []
+
+    def batches():
+        for i in range(0, 1000, 30):
+            pulled.append(i)
+            yield table(i, i + 30)
+
+    chunks = rechunk(batches(), 100)
+    assert next(chunks).num_rows == 100
+    assert len(pulled) == 4  # 4 x 30 rows: nothing beyond the first chunk was extracted yet
+    assert [c.num_rows for c in chunks] == [100] * 9 + [20]
+
+
+def test_rechunk_unifies_string_and_large_string_batches() -> None:
+    big = pa.table({"id": pa.array(["a", "b"], pa.large_string())})
+    out = list(rechunk([table(0, 1), big], 3))
+    assert ids(out) == ["0", "a", "b"]
+
+
+def reference_tsv(rows: list[tuple[bytes | None, ...]]) -> bytes:
+    """The LOAD DATA format spelled out in Python, one row at a time."""
+    def field(value: bytes | None) -> bytes:
+        if value is None:
+            return b"\\N"
+        return value.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n").replace(b"\x00", b"\\0")
+
+    return b"".join(b"\t".join(field(v) for v in row) + b"\n" for row in rows)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_encode_tsv_matches_the_reference_for_sliced_and_mixed_columns(seed: int) -> None:
+    rng = random.Random(seed)
+    alphabet = [b"a", b"\t", b"\n", b"\\", b"\x00", "ü".encode(), b"N"]
+    n = rng.randint(1, 40)
+    columns: dict[str, pa.Array] = {}
+    for c in range(rng.randint(1, 4)):
+        plain = rng.random() < 0.5  # a column without any byte that needs escaping
+        values = [
+            None if rng.random() < 0.2 else b"".join(rng.choice(alphabet[::6] if plain else alphabet) for _ in range(rng.randint(0, 4)))
+            for _ in range(n)
+        ]
+        kind = rng.choice([pa.binary(), pa.string(), pa.large_binary()])
+        columns[f"c{c}"] = pa.array([v if v is None or kind != pa.string() else v.decode() for v in values], kind)
+    data = pa.table(columns)
+    offset = rng.randint(0, n - 1)
+    sliced = data.slice(offset, rng.randint(1, n - offset))
+    rows = list(zip(*[[v if v is None or isinstance(v, bytes) else v.encode() for v in sliced.column(i).to_pylist()]
+                      for i in range(sliced.num_columns)], strict=True))
+    assert encode_tsv(sliced) == reference_tsv(rows)
+
+
+def test_encode_tsv_does_not_escape_bytes_outside_the_slice() -> None:
+    parent = pa.table({"a": pa.array(["x\ty", "plain", "z\n"], pa.string())})
+    assert encode_tsv(parent.slice(1, 1)) == b"plain\n"
