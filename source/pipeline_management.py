@@ -51,9 +51,11 @@ from error_handling import (
 from extraction import Backend, choose_backend, extract, prefetch
 from index_management import advise_source_modifier_index, check_merge_key, ensure_modifier_index
 from monitoring import SyncStatus
-from schema_management import TableDefinition, ensure_target_table
+from schema_cache import SchemaCache
+from schema_management import SchemaChanges, TableDefinition, ensure_target_table
 from sync_state import ensure_state_table, mark_done, mark_pending, read_state
-from target_loader import LoadPath, TargetLoader, rechunk
+from target_loader import LoadPath, TargetLoader, rechunk, temporary_tables_allowed
+from utils import progress
 from verification import ReconcileSchedule, reconcile_deletes, refresh_by_chunks
 
 logger = logging.getLogger("dlt_sync.pipeline_management")
@@ -121,8 +123,10 @@ class TableSyncer:
         self.leases = leases  # a leases.LeaseManager when several replicas share tables.json
         self._load_path: LoadPath | None = None
         self._prepared = False
+        self._persistent_stage = False
         self._advised: set[str] = set()
         self._deletes = ReconcileSchedule()  # when each "deletes": "reconcile" table is due
+        self._schemas = SchemaCache()  # lets idle cycles skip the schema checks of unchanged tables
 
     # ----------------------------------------------------------------- set-up
     def load_path(self) -> LoadPath:
@@ -147,9 +151,15 @@ class TableSyncer:
             with self.engines.target.begin() as conn:
                 ensure_state_table(conn)
             self.load_path()
+            self._persistent_stage = not temporary_tables_allowed(self.engines.target)
         except SQLAlchemyError as exc:
             message = f"cannot prepare the target database {self.settings.target.describe()}: {describe_error(exc)}"
             raise DatabaseError(message, mysql_error_code(exc), transient=is_transient(exc)) from exc
+        if self._persistent_stage:
+            logger.warning(
+                "LOADER - DETECT - the target user may not create temporary tables; upserts stage rows in regular "
+                "tables named _dlt_stage__<table> (GRANT CREATE TEMPORARY TABLES on the target database avoids them)"
+            )
         self._prepared = True
 
     # ----------------------------------------------------------------- cycle
@@ -163,6 +173,7 @@ class TableSyncer:
         self._clean_staging(specs)
         if self.leases is not None:
             specs = self._leased(specs)
+        self._refresh_schemas(specs)
         batches = [specs[i : i + self.settings.batch_size] for i in range(0, len(specs), self.settings.batch_size)]
         for number, batch in enumerate(batches, start=1):
             if self.stop_event.is_set():
@@ -184,6 +195,16 @@ class TableSyncer:
             if number < len(batches) and moved and self.settings.batch_delay and self.stop_event.wait(self.settings.batch_delay):
                 break
         return results
+
+    def _refresh_schemas(self, specs: Sequence[TableSpec]) -> None:
+        """Take this cycle's table signatures on both sides (two queries for all tables)."""
+        try:
+            with self.engines.source.connect() as source, self.engines.target.connect() as target:
+                self._schemas.refresh(source, target, [spec.table for spec in specs])
+        except SQLAlchemyError as exc:
+            # Each table then gets its full check, which retries and reports the error itself.
+            logger.warning("SCHEMA_SYNC - SIGNATURES - cannot read table signatures: %s", describe_error(exc))
+            self._schemas.invalidate()
 
     def _clean_staging(self, specs: Sequence[TableSpec]) -> None:
         """Apply ``FILE_STAGING_RETENTION_HOURS`` once per cycle and report the directory's size."""
@@ -238,6 +259,8 @@ class TableSyncer:
             logger.error("SYNC_ENGINE - TABLE_SYNC - %s failed: %s", spec.table, message)
             logger.debug("SYNC_ENGINE - TABLE_SYNC - %s traceback", spec.table, exc_info=True)
             result = TableResult(spec.table, ok=False, mode=mode, error=message, category=category)
+        if not result.ok:
+            self._schemas.forget(spec.table)
         if result.ok and spec.strategy == "incremental" and self._deletes.due(spec):
             result = self._reconcile_deletes(spec, result)
         result.seconds = time.monotonic() - started
@@ -301,11 +324,17 @@ class TableSyncer:
     # ----------------------------------------------------------------- one table
     def _sync(self, spec: TableSpec, mode: PipelineMode) -> TableResult:
         with self.engines.source.connect() as source, self.engines.target.connect() as target:
-            source_def, changes = ensure_target_table(source, target, spec.table)
-            missing = [c for c in spec.primary_key if source_def.column(c) is None]
-            if missing:
-                raise SchemaError(f"table {spec.table!r}: primary_key column(s) {missing} do not exist in the source")
-            check_merge_key(source, spec.table, spec.primary_key)
+            changes = SchemaChanges()
+            source_def = self._schemas.lookup(spec.table)  # None unless both sides are unchanged
+            if source_def is None:
+                source_def, changes = ensure_target_table(source, target, spec.table)
+                missing = [c for c in spec.primary_key if source_def.column(c) is None]
+                if missing:
+                    raise SchemaError(f"table {spec.table!r}: primary_key column(s) {missing} do not exist in the source")
+                check_merge_key(source, spec.table, spec.primary_key)
+                if spec.strategy == "incremental" and spec.modifier and source_def.column(spec.modifier) is not None:
+                    ensure_modifier_index(target, spec.table, spec.modifier)
+                self._schemas.remember(spec.table, source_def)
             if spec.strategy == "incremental":
                 # A new column (or a renamed one) holds values in rows outside the window too.
                 return self._incremental(spec, mode, source, target, source_def, backfill=bool(changes.added))
@@ -328,24 +357,39 @@ class TableSyncer:
             return staged_batches(self.settings, spec.table, batches, rows)
         return prefetch(rechunk(batches, rows), depth=1, name=f"extract-{spec.table}")
 
+    def _row_estimate(self, table: str) -> int | None:
+        """The source's own row estimate (information_schema), for progress of full loads."""
+        with self.engines.source.connect() as conn:
+            value = conn.exec_driver_sql(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                (table,),
+            ).scalar()
+        return int(value) if value else None
+
     def _load(self, spec: TableSpec, mode: PipelineMode, source_def: TableDefinition, table: str, lower: str | None, into_empty: bool) -> tuple[int, str, dict[str, int]]:
         """Extract and load; returns (rows, backend, values per column the sanitization policy set to NULL)."""
         backend = choose_backend(self.settings, source_def, spec.modifier)
         loader = TargetLoader(
             self.engines, self.settings, self.stop_event, self.load_path(),
             sanitize=spec.sanitize or self.settings.sanitize_policy, label=spec.table,
+            persistent_stage=self._persistent_stage,
         )
+        estimate = self._row_estimate(spec.table) if lower is None else None
+
+        def run(backend: Backend) -> int:
+            with self._stream(spec, mode, source_def, lower, backend) as batches, progress(spec.table, estimate, self.settings) as bar:
+                return loader.load(table, source_def.columns, spec.primary_key, batches, into_empty=into_empty,
+                                   chunk_rows=self._chunk_rows(spec), on_chunk=bar.advance)
+
         try:
-            with self._stream(spec, mode, source_def, lower, backend) as batches:
-                rows = loader.load(table, source_def.columns, spec.primary_key, batches, into_empty=into_empty, chunk_rows=self._chunk_rows(spec))
+            rows = run(backend)
         except ResourceExtractionError as exc:
             if backend != "connectorx" or mysql_error_code(exc) is not None:
                 raise
             # connectorx could not read this table (an unsupported type): pyarrow reads it exactly.
             logger.warning("EXTRACTION - FALLBACK - %s: connectorx failed (%s); using pyarrow", spec.table, describe_error(exc))
             backend = "pyarrow"
-            with self._stream(spec, mode, source_def, lower, backend) as batches:
-                rows = loader.load(table, source_def.columns, spec.primary_key, batches, into_empty=into_empty, chunk_rows=self._chunk_rows(spec))
+            rows = run(backend)
         loader.sanitized.log(spec.table)  # once per table and cycle
         return rows, backend, dict(loader.sanitized.counts)
 
@@ -355,7 +399,6 @@ class TableSyncer:
         mod_col = source_def.column(modifier)
         if mod_col is None:
             raise SchemaError(f"table {spec.table!r}: modifier column {modifier!r} does not exist in the source")
-        ensure_modifier_index(target, spec.table, modifier)
         if spec.table not in self._advised:
             advise_source_modifier_index(source, spec.table, modifier)
             self._advised.add(spec.table)

@@ -13,6 +13,7 @@ KEY UPDATE`` on the table's own primary key: an idempotent upsert, never a ``DEL
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -24,12 +25,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+from sqlalchemy import exc as sa_exc
 
 from config import SanitizePolicy, Settings
 from data_processing import encode_tsv, load_expression, rows_as_parameters
 from database import Engines
 from database import quote_identifier as q
-from error_handling import DataError, call_with_retries, is_connection_error, retry_kwargs
+from error_handling import (
+    DataError,
+    ShutdownRequested,
+    call_with_retries,
+    is_connection_error,
+    mysql_error_code,
+    retry_kwargs,
+)
 from sanitization import LoadPlan, SanitizeCounter
 from schema_management import Column
 
@@ -69,6 +78,7 @@ class TargetLoader:
         *,
         sanitize: SanitizePolicy = "error",
         label: str | None = None,
+        persistent_stage: bool = False,
     ) -> None:
         self.engines = engines
         self.settings = settings
@@ -80,6 +90,9 @@ class TargetLoader:
         self.sanitized = SanitizeCounter()  # values set to NULL by the sanitization policy, committed only
         self._sql_mode: str | None = None
         self._plan: LoadPlan | None = None
+        # Without CREATE TEMPORARY TABLES (not in TRD 7.1.1's grants) a regular staging table is used.
+        self.persistent_stage = persistent_stage
+        self._stages_created: set[str] = set()
 
     def load(
         self,
@@ -95,6 +108,9 @@ class TargetLoader:
         """Write every row of ``batches`` into ``table``; returns the number of rows written."""
         total = 0
         for chunk in rechunk(batches, chunk_rows):
+            if self.stop_event.is_set():
+                # Every committed chunk is whole; the pending bound makes the next run redo the rest.
+                raise ShutdownRequested(f"shutdown requested: {table} stopped after {total} rows")
             chunk = self._align(chunk, columns)
             call_with_retries(
                 lambda chunk=chunk: self._apply_chunk(table, columns, key, chunk, into_empty),
@@ -106,7 +122,22 @@ class TargetLoader:
             total += chunk.num_rows
             if on_chunk is not None:
                 on_chunk(chunk.num_rows)
+        self._drop_persistent_stages()
         return total
+
+    def _drop_persistent_stages(self) -> None:
+        if not self._stages_created:
+            return
+        with self.engines.target.begin() as conn:
+            for stage in sorted(self._stages_created):
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(stage)}")
+        self._stages_created.clear()
+
+    @staticmethod
+    def stage_name(table: str) -> str:
+        """Name of the regular staging table used when temporary tables are not allowed."""
+        name = f"_dlt_stage__{table}"
+        return name if len(name) <= 64 else f"_dlt_stage__{hashlib.sha1(table.encode()).hexdigest()}"
 
     def _on_retry(self, exc: BaseException) -> None:
         if is_connection_error(exc):
@@ -134,8 +165,8 @@ class TargetLoader:
                     else:
                         sanitized = self._upsert_via_stage(cursor, table, columns, key, chunk, plan)
                     raw.commit()
-                    self.sanitized.add(sanitized, plan.reasons())
                     cursor.execute("SET SESSION max_statement_time=0")
+                    self.sanitized.add(sanitized, plan.reasons())
                     logger.debug("LOADER - CHUNK - %s: %d rows in %.2fs", table, chunk.num_rows, time.monotonic() - started)
                 finally:
                     cursor.close()
@@ -197,13 +228,22 @@ class TargetLoader:
 
         Returns the number of values per column the sanitization policy set to NULL.
         """
-        stage = "_dlt_sync_stage"
-        cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {q(stage)}")
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE {q(stage)} ("
-            + ", ".join(f"c{i} LONGBLOB NULL" for i in range(len(columns)))
-            + ") ENGINE=InnoDB"
-        )
+        columns_sql = ", ".join(f"c{i} LONGBLOB NULL" for i in range(len(columns)))
+        if self.persistent_stage:
+            stage = self.stage_name(table)
+            if stage not in self._stages_created:
+                # DDL commits implicitly; here, at the start of the chunk, there is nothing to commit yet.
+                cursor.execute(f"DROP TABLE IF EXISTS {q(stage)}")
+                cursor.execute(
+                    f"CREATE TABLE {q(stage)} ({columns_sql}) ENGINE=InnoDB "
+                    "COMMENT='dlt-db-sync staging rows of one chunk; safe to drop while the daemon is stopped'"
+                )
+                self._stages_created.add(stage)
+            cursor.execute(f"DELETE FROM {q(stage)}")
+        else:
+            stage = "_dlt_sync_stage"
+            cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {q(stage)}")
+            cursor.execute(f"CREATE TEMPORARY TABLE {q(stage)} ({columns_sql}) ENGINE=InnoDB")
         if self.path == "load_data":
             self._load_data(cursor, stage, ", ".join(f"c{i}" for i in range(len(columns))), "", encode_tsv(chunk))
         else:
@@ -226,5 +266,18 @@ class TargetLoader:
         )
         for statement in plan.fixup_statements(table, stage, key):
             cursor.execute(statement)
-        cursor.execute(f"DROP TEMPORARY TABLE {q(stage)}")
+        cursor.execute(f"DELETE FROM {q(stage)}" if self.persistent_stage else f"DROP TEMPORARY TABLE {q(stage)}")
         return counts
+
+
+def temporary_tables_allowed(engine: Any) -> bool:
+    """Whether the target user may create temporary tables (probed once at start-up)."""
+    with engine.connect() as conn:
+        try:
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE `_dlt_sync_probe` (a INT)")
+        except sa_exc.DBAPIError as exc:
+            if mysql_error_code(exc) in {1044, 1142, 1227}:
+                return False
+            raise
+        conn.exec_driver_sql("DROP TEMPORARY TABLE `_dlt_sync_probe`")
+    return True
