@@ -9,8 +9,9 @@
 -- Reader (source): SELECT on the source database only. PROCESS lets the daemon's query watchdog
 -- see its own long-running queries; without it only the watchdog degrades.
 -- Writer (target): SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP on the target
--- database, plus the same rights on `<target>_staging`, the companion database dlt uses as its
--- staging dataset for merge loads. Named locks (GET_LOCK, used for table leases) need no grant.
+-- database, plus CREATE TEMPORARY TABLES so upserts stage each chunk in a temporary table
+-- (without it the daemon falls back to regular `_dlt_stage__<table>` tables, dropped after each
+-- load). Named locks (GET_LOCK, used for table leases) need no grant.
 -- SHOW DATABASES from TRD 7.1.1 is deliberately not granted: the daemon names its databases.
 
 -- Identifiers and strings are quoted here, so values may contain any character.
@@ -18,7 +19,6 @@ SET @reader_account = IF(@reader_user IS NULL, NULL, CONCAT(QUOTE(@reader_user),
 SET @writer_account = IF(@writer_user IS NULL, NULL, CONCAT(QUOTE(@writer_user), '@''%'''));
 SET @source_schema = CONCAT('`', REPLACE(@source_db, '`', '``'), '`');
 SET @target_schema = CONCAT('`', REPLACE(@target_db, '`', '``'), '`');
-SET @staging_schema = CONCAT('`', REPLACE(CONCAT(@target_db, '_staging'), '`', '``'), '`');
 
 -- Source: read-only.
 EXECUTE IMMEDIATE IF(@reader_account IS NULL, 'DO 0',
@@ -35,7 +35,7 @@ EXECUTE IMMEDIATE IF(@writer_account IS NULL, 'DO 0',
     CONCAT('GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP ON ', @target_schema,
            '.* TO ', @writer_account));
 EXECUTE IMMEDIATE IF(@writer_account IS NULL, 'DO 0',
-    CONCAT('GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP ON ', @staging_schema,
+    CONCAT('GRANT CREATE TEMPORARY TABLES ON ', @target_schema,
            '.* TO ', @writer_account));
 EXECUTE IMMEDIATE IF(@writer_account IS NULL, 'DO 0',
     CONCAT('GRANT PROCESS ON *.* TO ', @writer_account));
