@@ -277,3 +277,39 @@ def test_target_refusing_local_infile_loads_with_inserts(no_infile_env: SyncEnv,
     messages = [r.getMessage() for r in caplog.records]
     assert any("refuses LOCAL INFILE" in m and "multi-row INSERT" in m for m in messages), messages
     assert any("orders: incremental, 2" in m and "via INSERT" in m for m in messages), messages
+
+
+def test_idle_cycles_skip_schema_checks_until_a_definition_changes(sync_env: SyncEnv) -> None:
+    from sqlalchemy import event
+
+    sync_env.src(SCHEMA)
+    sync_env.src(DATA)
+    sync_env.write_tables(TABLES)
+    syncer, specs = syncer_for(sync_env, **staging_overrides(sync_env))
+    statements: list[str] = []
+    for engine in (syncer.engines.source, syncer.engines.target):
+        event.listen(engine, "before_cursor_execute", lambda _c, _cur, sql, *_a: statements.append(sql))
+    try:
+        assert all(r.ok for r in syncer.run_cycle(specs))  # first cycle: full checks
+        assert all(r.ok and r.skipped for r in syncer.run_cycle(specs))  # checks again (the target was created)
+        statements.clear()
+        assert all(r.ok and r.skipped for r in syncer.run_cycle(specs))
+        # The incremental tables: no schema queries, only signatures, state, watermark and fingerprints.
+        assert not [s for s in statements if "SHOW CREATE TABLE `order" in s]
+        incremental = [s for s in statements if "order" in s or "_dlt_sync_state" in s]
+        assert len(incremental) <= 2 * 4, incremental
+
+        sync_env.src("ALTER TABLE orders ADD COLUMN channel VARCHAR(10) NOT NULL DEFAULT 'web' AFTER qty")
+        sync_env.src("UPDATE orders SET channel = 'app', updated_at = NOW(6) WHERE id <= 10")
+        sync_env.tgt("ALTER TABLE order_items DROP INDEX updated_at")  # a target index the sync relies on
+        statements.clear()
+        results = {r.table: r for r in syncer.run_cycle(specs)}
+        assert all(r.ok for r in results.values())
+        assert results["orders"].rows == ORDERS_ROWS  # the new column: the whole table re-read once
+        assert any("SHOW CREATE TABLE `orders`" in s for s in statements)
+    finally:
+        syncer.engines.dispose()
+    identical(sync_env, "orders", "order_items", "grants", "countries")
+    indexes = sync_env.tgt_query("SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                                 "AND TABLE_NAME = 'order_items' AND COLUMN_NAME = 'updated_at' AND SEQ_IN_INDEX = 1")
+    assert indexes == [(1,)]
