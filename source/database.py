@@ -98,17 +98,64 @@ def connectorx_url(db: DatabaseSettings) -> str:
     return f"mysql://{auth}@{db.host}:{db.port}/{quote(db.name, safe='')}"
 
 
+# Connections one table sync holds at once: its own (schema, watermark, state) plus the
+# extractor's (source) or the loader's (target). A smaller pool could never finish a table.
+CONNECTIONS_PER_TABLE = 2
+
+
+def minimum_pool(db: DatabaseSettings, settings: Settings) -> int:
+    """The fewest connections ``db``'s pool needs: one table sync, plus the lease connection."""
+    return CONNECTIONS_PER_TABLE + (1 if db.role == "target" and settings.lease_enabled else 0)
+
+
+class BoundedHandshakeConnection(pymysql.connections.Connection):
+    """A pymysql connection whose greeting and login are bounded by ``connect_timeout``.
+
+    pymysql reads the server greeting with ``read_timeout`` (ten minutes here, for long queries),
+    so a host that accepts TCP but never answers (a hung server, a dead proxy or load balancer)
+    would block start-up that long. The handshake uses ``connect_timeout`` instead; every later
+    read uses ``read_timeout`` again (pymysql re-applies it before each packet).
+    """
+
+    def connect(self, sock: Any = None) -> None:
+        read_timeout = self._read_timeout
+        self._read_timeout = self.connect_timeout
+        try:
+            super().connect(sock)
+        finally:
+            self._read_timeout = read_timeout
+
+
 def create_engine(db: DatabaseSettings, settings: Settings) -> Engine:
-    """A pooled engine for ``db`` with bounded connect/read timeouts and pre-ping."""
-    return sa.create_engine(
+    """A pooled engine for ``db`` with bounded connect/read timeouts and pre-ping.
+
+    ``POOL_SIZE`` + ``MAX_OVERFLOW`` below :func:`minimum_pool` gets the missing connections as
+    overflow (with a warning): a tiny pool makes tables wait for each other, never fail.
+    """
+    overflow = settings.max_overflow
+    needed = minimum_pool(db, settings)
+    if settings.pool_size + overflow < needed:
+        overflow = needed - settings.pool_size
+        logger.warning(
+            "CONNECTION_POOL - CONFIG - %s: POOL_SIZE=%d + MAX_OVERFLOW=%d is below the %d connections one table "
+            "sync holds at once; allowing %d overflow connection(s)",
+            db.role, settings.pool_size, settings.max_overflow, needed, overflow,
+        )
+    engine = sa.create_engine(
         sqlalchemy_url(db),
         pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
+        max_overflow=overflow,
         pool_timeout=settings.pool_timeout,
         pool_recycle=settings.pool_recycle,
         pool_pre_ping=True,
         connect_args=connect_args(db, settings),
     )
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _bounded_connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        return BoundedHandshakeConnection(*cargs, **cparams)
+
+    return engine
 
 
 @dataclass
