@@ -2,21 +2,22 @@
 
 The walk follows pt-table-sync's Chunk algorithm. The key (possibly composite, possibly a string
 or ``BINARY(16)``) is cut into buckets ``lower < key <= upper`` of ``BUCKET_ROWS`` source rows
-by keyset pagination: one query per statement's worth of buckets numbers the next keys after the
-last edge (``ROW_NUMBER() OVER (ORDER BY key)`` over ``... WHERE key > last ORDER BY key
-LIMIT n``) and returns every ``BUCKET_ROWS``-th. Both servers then answer, per bucket,
-``COUNT(*)`` and the ``BIT_XOR`` of a 64-bit per-row MD5 hash over every column in its exact form
-(or over the key alone, for delete detection) -- one ``UNION ALL`` statement for many buckets,
-sized so it takes about ``time_budget`` seconds. Only differing buckets go further: split into
-``GROUPS`` groups by a hash of the key (aligned on both sides, one statement for many buckets),
-and only the rows of differing groups are fetched as (key, row hash) and diffed. A bucket that
-is much fuller on one side (a gap) is first re-cut into buckets of that side.
+by keyset pagination (``... WHERE key > last ORDER BY key LIMIT BUCKET_ROWS - 1, 1``, an
+index-only read). Both servers then answer, per bucket, ``COUNT(*)`` and the ``BIT_XOR`` of a
+64-bit per-row SHA1 hash over every column in its exact form (or over the key alone, for delete
+detection): one ``UNION ALL`` statement covers many buckets, sized so it takes about
+``time_budget`` seconds, and the two servers work concurrently while the next edges are read.
+Only differing buckets go further: split into ``GROUPS`` groups by a hash of the key (aligned on
+both sides, one statement for many buckets), and only the rows of differing groups are fetched
+as (key, row hash) and diffed. A bucket much fuller on one side (a gap) is first re-cut into
+buckets of that side.
 
 Range predicates are written as expanded lexicographic comparisons
 (``k1 > ? OR (k1 = ? AND k2 > ?)``), which MariaDB's range optimizer turns into index ranges;
 the row-value form ``(k1, k2) > (?, ?)`` would scan the whole index. Every statement is a
-single ``SELECT`` on its own pooled connection: nothing is written, no temporary table is created
-and no transaction outlives one statement on either server.
+single ``SELECT`` (the edge walk runs in autocommit, the rest on connections returned after one
+statement): nothing is written, no temporary table is created and no transaction outlives one
+statement on either server.
 """
 
 from __future__ import annotations
@@ -69,19 +70,23 @@ def hash_form(col: Column) -> str:
         return f"UNIX_TIMESTAMP({name})"  # independent of any time zone
     if col.is_binary:
         return f"HEX({name})"  # raw bytes could contain the separator
-    if col.charset is not None:
-        return f"CAST({name} AS BINARY)"  # its stored bytes; no collation mixing in CONCAT_WS
+    if col.charset is not None and col.charset != "utf8mb4":
+        return f"CAST({name} AS BINARY)"  # its own bytes, never a lossy conversion to utf8mb4
     return name
 
 
 def row_hash_sql(columns: Sequence[Column]) -> str:
-    """A 64-bit unsigned hash of the row over ``columns``: MD5 of their forms and NULL markers."""
+    """A 64-bit unsigned hash of the row over ``columns``: SHA1 of their forms and NULL markers.
+
+    SHA1 rather than CRC32: XOR-ing CRCs cancels out for structured changes (CRC is linear), and
+    in MariaDB SHA1 costs less than MD5.
+    """
     forms = [hash_form(c) for c in columns]
     nullable = [c for c in columns if c.nullable]
     if nullable:
         # CONCAT_WS skips NULLs; the markers tell NULL apart from a missing or empty value.
         forms.append("CONCAT(" + ", ".join(f"ISNULL({qi(c.name)})" for c in nullable) + ")")
-    return f"CAST(CONV(LEFT(MD5(CONCAT_WS('{SEPARATOR}', {', '.join(forms)})), 16), 16, 10) AS UNSIGNED)"
+    return f"CAST(CONV(LEFT(SHA1(CONCAT_WS('{SEPARATOR}', {', '.join(forms)})), 16), 16, 10) AS UNSIGNED)"
 
 
 def _lexicographic(key: Sequence[str], values: Key, strict: str, last: str) -> tuple[str, list[Any]]:
@@ -144,7 +149,6 @@ class ChunkSums:
 
     count: int
     checksum: int
-    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -233,10 +237,10 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class TableComparer:
     """Compares one table bucket by bucket; use as a context manager (it owns a thread pool).
 
-    The scan reads the bucket edges of the next ``buckets_per_query`` buckets from the source in
-    one window-function query, then sends each server one ``UNION ALL`` statement with a
-    ``COUNT(*)``/``BIT_XOR`` part per bucket; ``parallel`` such statements are in flight per
-    server while the next edges are read. ``buckets_per_query`` follows the time budget.
+    The scan reads the edges of the next ``buckets_per_query`` buckets on the source, then sends
+    each server one ``UNION ALL`` statement with a ``COUNT(*)``/``BIT_XOR`` part per bucket;
+    ``parallel`` such statements are in flight per server while the next edges are read.
+    ``buckets_per_query`` follows the time budget.
     """
 
     def __init__(
@@ -261,12 +265,15 @@ class TableComparer:
         forms = ", ".join(hash_form(c) for c in spec.key_columns)
         self._group_sql = f"MOD(CRC32(CONCAT_WS('{SEPARATOR}', {forms})), {GROUPS})"
         self.queries = 0
+        self._edge_connections: dict[Role, Connection] = {}
 
     def __enter__(self) -> TableComparer:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for conn in self._edge_connections.values():
+            conn.close()
 
     # ---------------------------------------------------------------- queries
     def _engine(self, role: Role) -> Engine:
@@ -290,23 +297,40 @@ class TableComparer:
         target = method("target", *args)
         return source.result(), target
 
-    def edges(self, role: Role, rng: KeyRange, limit: int | None) -> tuple[list[Key], int]:
-        """Every ``BUCKET_ROWS``-th key of ``rng`` on ``role`` and the last one, over at most
-        ``limit`` rows; plus the number of rows read."""
-        where, params = range_condition(self.spec.key, rng)
-        inner = f"SELECT {self._key_sql} FROM {self._from(role)} WHERE {where} ORDER BY {self._key_sql}"
-        if limit is not None:
-            inner += f" LIMIT {int(limit)}"
-        rows = self._read(
-            role,
-            f"SELECT {self._key_sql}, _dlt_n FROM (SELECT {self._key_sql}, "
-            f"ROW_NUMBER() OVER (ORDER BY {self._key_sql}) AS _dlt_rn, COUNT(*) OVER () AS _dlt_n "
-            f"FROM ({inner}) AS _dlt_keys) AS _dlt_numbered "
-            f"WHERE MOD(_dlt_rn, {BUCKET_ROWS}) = 0 OR _dlt_rn = _dlt_n ORDER BY _dlt_rn",
-            params,
-        )
-        width = len(self.spec.key)
-        return [r[:width] for r in rows], (int(rows[0][width]) if rows else 0)
+    def _edge_connection(self, role: Role) -> Connection:
+        """The walk's own connection per server, in autocommit: every statement its own snapshot."""
+        conn = self._edge_connections.get(role)
+        if conn is None:
+            conn = self._engine(role).connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._edge_connections[role] = conn
+        return conn
+
+    def edges(self, role: Role, rng: KeyRange, buckets: int | None) -> tuple[list[Key], bool]:
+        """The upper keys of the next ``buckets`` (None: all) buckets of ``BUCKET_ROWS`` rows in
+        ``rng`` on ``role``, and whether ``rng`` ran out of rows (its rest is one last bucket).
+
+        Keyset pagination, one cheap index-only statement per bucket
+        (``WHERE key > last ORDER BY key LIMIT BUCKET_ROWS - 1, 1``) on one connection.
+        """
+        keys: list[Key] = []
+        lower = rng.lower
+        conn = self._edge_connection(role)
+        while buckets is None or len(keys) < buckets:
+            if self.stop_event.is_set():
+                raise ShutdownRequested(f"shutdown requested while comparing {self.spec.table}")
+            where, params = range_condition(self.spec.key, KeyRange(lower, rng.upper))
+            self.queries += 1
+            row = execute(
+                conn,
+                f"SELECT {self._key_sql} FROM {self._from(role)} WHERE {where} "
+                f"ORDER BY {self._key_sql} LIMIT {BUCKET_ROWS - 1}, 1",
+                params,
+            ).first()
+            if row is None:
+                return keys, True
+            lower = tuple(row)
+            keys.append(lower)
+        return keys, False
 
     def sums(self, role: Role, ranges: Sequence[KeyRange]) -> tuple[list[ChunkSums], float]:
         """COUNT(*) and BIT_XOR of the row hashes of every range on ``role`` (one statement)."""
@@ -377,9 +401,7 @@ class TableComparer:
         inflight: deque[tuple[list[KeyRange], Future[Any], Future[Any]]] = deque()
         lower: Key | None = None
         while True:
-            limit = self.buckets_per_query * BUCKET_ROWS
-            keys, rows = self.edges("source", KeyRange(lower, None), limit)
-            complete = rows < limit
+            keys, complete = self.edges("source", KeyRange(lower, None), self.buckets_per_query)
             ranges = self._ranges(KeyRange(lower, None), keys, complete)
             inflight.append((ranges, self._pool.submit(self.sums, "source", ranges), self._pool.submit(self.sums, "target", ranges)))
             if len(inflight) >= self.parallel:
@@ -417,7 +439,7 @@ class TableComparer:
             pending = []
             for chunk in wide:  # a gap on one side: cut it into buckets of the fuller side first
                 role: Role = "source" if chunk.source.count >= chunk.target.count else "target"
-                keys, _rows = self.edges(role, chunk.key_range, None)
+                keys, _complete = self.edges(role, chunk.key_range, None)
                 ranges = self._ranges(chunk.key_range, keys, complete=True)
                 if len(ranges) < 2:  # changed meanwhile: group it as it is
                     self._diff_groups([chunk], out)
