@@ -99,6 +99,7 @@ def test_kill9_target_mid_load_then_converge(sync_env: SyncEnv, crash_target: Ma
     assert daemon.returncode in (0, 1), out  # retried to success, or failed cleanly
     assert "Traceback" not in out
     assert re.search(r"MySQL error (2013|2006|2003)", out), out
+    assert "CONNECTION_POOL - RECOVERY - rebuilding the target connection pool" in out
     second = run_daemon(env, "--once", cwd=sync_env.workdir)
     assert second.returncode == 0, second.stdout
     assert identical(sync_env, "big", crash_target, "crashdb") == BIG_ROWS
@@ -297,8 +298,9 @@ def test_unusable_staging_directory_fails_that_table_only(sync_env: SyncEnv, fau
 # ----------------------------------------------------------------------------- dlt state
 
 
-def test_corrupt_pipelines_dir_causes_no_gap_and_no_reload(sync_env: SyncEnv) -> None:
-    """The watermark lives in the target (max(modifier) and _dlt_sync_state), never in PIPELINES_DIR."""
+def test_corrupt_state_causes_no_gap(sync_env: SyncEnv) -> None:
+    """The watermark lives in the target (max(modifier) and _dlt_sync_state), never in PIPELINES_DIR:
+    garbage there changes nothing, and a corrupt or dropped state table costs at most a re-read."""
     rows = 5000
     create_big_table(sync_env.source, sync_env.source_db, "big", rows)
     sync_env.write_tables([BIG])
@@ -320,4 +322,16 @@ def test_corrupt_pipelines_dir_causes_no_gap_and_no_reload(sync_env: SyncEnv) ->
     second = run_daemon(env, "--once", cwd=sync_env.workdir)
     assert second.returncode == 0, second.stdout
     assert "big: incremental, 5 rows" in second.stdout, second.stdout
+    assert identical(sync_env, "big") == rows
+    # The bookkeeping row itself corrupted: an unusable pending bound means "read it all again" (no gap) ...
+    sync_env.tgt("UPDATE _dlt_sync_state SET pending = 1, pending_from = 'garbage!!' WHERE table_name = 'big'")
+    sync_env.src("UPDATE big SET name = 'x', updated_at = '2031-01-01' WHERE id = 7")
+    third = run_daemon(env, "--once", cwd=sync_env.workdir)
+    assert f"big: incremental, {rows} rows" in third.stdout, third.stdout
+    assert identical(sync_env, "big") == rows
+    # ... and a dropped bookkeeping table is recreated, the watermark coming from the target's rows.
+    sync_env.tgt("DROP TABLE _dlt_sync_state")
+    sync_env.src("UPDATE big SET name = 'y', updated_at = '2031-01-02' WHERE id = 8")
+    fourth = run_daemon(env, "--once", cwd=sync_env.workdir)
+    assert "big: incremental, 2 rows" in fourth.stdout, fourth.stdout  # ids 7 (the old maximum) and 8
     assert identical(sync_env, "big") == rows
