@@ -52,7 +52,7 @@ from extraction import Backend, choose_backend, extract, prefetch
 from index_management import advise_source_modifier_index, check_merge_key, ensure_modifier_index
 from monitoring import SyncStatus
 from schema_cache import SchemaCache
-from schema_management import SchemaChanges, TableDefinition, ensure_target_table
+from schema_management import SchemaChanges, TableDefinition, ensure_target_table, fetch_columns, table_exists
 from sync_state import ensure_state_table, mark_done, mark_pending, read_state
 from target_loader import LoadPath, TargetLoader, rechunk, temporary_tables_allowed
 from utils import progress
@@ -327,11 +327,15 @@ class TableSyncer:
             changes = SchemaChanges()
             source_def = self._schemas.lookup(spec.table)  # None unless both sides are unchanged
             if source_def is None:
-                source_def, changes = ensure_target_table(source, target, spec.table)
-                missing = [c for c in spec.primary_key if source_def.column(c) is None]
+                # Check the key before anything is created in the target for a table that cannot be merged.
+                if not table_exists(source, spec.table):
+                    raise SchemaError(f"table {spec.table!r} does not exist in the source database")
+                present = {col.name.lower() for col in fetch_columns(source, spec.table)}
+                missing = [c for c in spec.primary_key if c.lower() not in present]
                 if missing:
                     raise SchemaError(f"table {spec.table!r}: primary_key column(s) {missing} do not exist in the source")
                 check_merge_key(source, spec.table, spec.primary_key)
+                source_def, changes = ensure_target_table(source, target, spec.table)
                 if spec.strategy == "incremental" and spec.modifier and source_def.column(spec.modifier) is not None:
                     ensure_modifier_index(target, spec.table, spec.modifier)
                 self._schemas.remember(spec.table, source_def)
@@ -504,7 +508,7 @@ class TableSyncer:
             "watermark": None,
         }
         with self.engines.source.connect() as source, self.engines.target.connect() as target:
-            from schema_management import describe_table, table_exists
+            from schema_management import describe_table
 
             if not table_exists(source, spec.table):
                 raise SchemaError(f"table {spec.table!r} does not exist in the source database")
