@@ -291,3 +291,19 @@ def test_source_entry_point_runs_from_project_root(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "line 1" in proc.stderr
+
+
+def test_writer_without_temporary_tables_uses_regular_staging(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRD 7.1.1's writer grants lack CREATE TEMPORARY TABLES: upserts still work and leave nothing behind."""
+    sync_env.target.execute(
+        f"CREATE OR REPLACE USER 'tw'@'127.0.0.1' IDENTIFIED BY 'pw'; "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP ON `{sync_env.target_db}`.* TO 'tw'@'127.0.0.1'"
+    )
+    sync_env.src("CREATE TABLE a (id INT PRIMARY KEY, v VARCHAR(10), u DATETIME(6), KEY (u))")
+    sync_env.src("INSERT INTO a SELECT seq, 'x', '2024-01-01' FROM seq_1_to_1000")
+    sync_env.write_tables([{"table": "a", "primary_key": "id", "modifier": "u"}])
+    assert run_once(sync_env, monkeypatch, TARGET_DB_USER="tw", TARGET_DB_PASS="pw") == 0
+    sync_env.src("UPDATE a SET v = 'y', u = NOW(6) WHERE id < 10")
+    assert run_once(sync_env, monkeypatch, TARGET_DB_USER="tw", TARGET_DB_PASS="pw") == 0
+    assert_identical(sync_env.source, sync_env.source_db, sync_env.target, sync_env.target_db, "a")
+    assert not sync_env.tgt_query("SHOW TABLES LIKE '\\_dlt\\_stage%'")
