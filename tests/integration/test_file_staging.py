@@ -313,3 +313,47 @@ def test_idle_cycles_skip_schema_checks_until_a_definition_changes(sync_env: Syn
     indexes = sync_env.tgt_query("SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
                                  "AND TABLE_NAME = 'order_items' AND COLUMN_NAME = 'updated_at' AND SEQ_IN_INDEX = 1")
     assert indexes == [(1,)]
+
+
+def test_large_direct_extractions_stay_bounded_pages_or_stream(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Direct mode reads a large extraction in pages by an integer key (exact at the top of BIGINT
+    UNSIGNED, with gaps), or streams it through pyarrow when the key is not a single integer."""
+    import extraction
+
+    sync_env.src(
+        """
+        CREATE TABLE huge_ids (id BIGINT UNSIGNED PRIMARY KEY, v VARCHAR(20) NOT NULL, updated_at DATETIME(6) NOT NULL, KEY (updated_at));
+        INSERT INTO huge_ids SELECT 18446744073709551615 - seq * 7, CONCAT('v', seq), '2024-01-01' + INTERVAL seq SECOND
+          FROM seq_0_to_9999;
+        CREATE TABLE pairs (a INT NOT NULL, b INT NOT NULL, v INT NOT NULL, updated_at DATETIME NOT NULL,
+          PRIMARY KEY (a, b), KEY (updated_at));
+        INSERT INTO pairs SELECT x.seq, y.seq, x.seq * y.seq, '2024-01-01' FROM seq_1_to_100 x, seq_1_to_60 y;
+        """
+    )
+    sync_env.write_tables([{"table": "huge_ids", "primary_key": "id", "modifier": "updated_at"},
+                           {"table": "pairs", "primary_key": ["a", "b"], "modifier": "updated_at"}])
+    pages: list[Any] = []
+    original = extraction.build_query
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        pages.append(args[4:])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "build_query", spy)
+    caplog.set_level(logging.INFO, logger="dlt_sync")
+    syncer, specs = syncer_for(sync_env, PIPELINE_MODE="direct", CHUNK_SIZE="1000")
+    try:
+        results = {r.table: r for r in syncer.run_cycle(specs)}
+        sync_env.src("UPDATE huge_ids SET v = 'changed', updated_at = NOW(6) WHERE id % 3 = 0")
+        sync_env.src("UPDATE pairs SET v = -v, updated_at = NOW() WHERE b <= 50")
+        pages.clear()
+        again = {r.table: r for r in syncer.run_cycle(specs)}
+    finally:
+        syncer.engines.dispose()
+    assert results["huge_ids"].rows == 10000 and results["huge_ids"].backend == "connectorx"
+    assert results["pairs"].rows == 6000 and results["pairs"].backend == "pyarrow"
+    assert "no integer key to page by" in caplog.text
+    changed = again["huge_ids"].rows
+    assert 2000 < changed < 4000 and len([p for p in pages if p and p[0] is not None]) >= changed // 2000
+    identical(sync_env, "huge_ids", "pairs")
