@@ -206,3 +206,33 @@ def test_prefetch_re_raises_the_producers_exception_object() -> None:
 def test_module_documents_the_writer_choice() -> None:
     doc = file_staging.__doc__ or ""
     assert "filesystem" in doc and "DATA_WRITER__COMPRESSION" in doc
+
+
+def test_paged_query_orders_by_the_qualified_key_and_binds_an_exact_integer() -> None:
+    from extraction import Paging, build_query
+    from schema_management import Column
+
+    cols = [Column("id", "bigint", "bigint(20) unsigned", False, None, None), Column("v", "varchar", "varchar(5)", True, "utf8mb4", "x")]
+    query = build_query("t", cols, "updated_at", "2024-01-01", Paging("id", 1000), 18446744073709551615)
+    sql = str(query.compile(compile_kwargs={"literal_binds": True}))
+    assert sql.endswith("WHERE `updated_at` >= '2024-01-01' AND `t`.`id` > 18446744073709551615 ORDER BY `t`.`id` LIMIT 1000")
+    first = str(build_query("t", cols, None, None, Paging("id", 10)).compile(compile_kwargs={"literal_binds": True}))
+    assert first.endswith("FROM `t` ORDER BY `t`.`id` LIMIT 10")
+
+
+def test_only_single_integer_keys_are_pageable() -> None:
+    from extraction import pageable_key
+    from schema_management import Column, TableDefinition
+
+    definition = TableDefinition("t", [Column("id", "int", "int(11)", False, None, None),
+                                       Column("code", "varchar", "varchar(5)", False, "utf8mb4", "x")], "")
+    assert pageable_key(definition, ("id",)) == "id"
+    assert pageable_key(definition, ("code",)) is None
+    assert pageable_key(definition, ("id", "code")) is None
+
+
+def test_an_operators_malloc_arena_max_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from extraction import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
