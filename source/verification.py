@@ -332,16 +332,16 @@ class Verifier:
     def _retrying(self, func: Any, what: str) -> Any:
         return call_with_retries(func, what=what, stop_event=self.stop_event, **retry_kwargs(self.settings))
 
-    def _compare(self, spec: TableSpec, create: bool) -> tuple[VerifyReport, Comparison | None, TableDefinition, CompareSpec]:
-        source_def, compare_spec = describe_for_compare(self.engines, spec.table, spec.primary_key, "rows")
-        with self.engines.target.connect() as target:
-            exists = table_exists(target, spec.table)
-        if not exists and create:
+    def _compare(self, spec: TableSpec, repair: bool) -> tuple[VerifyReport, Comparison | None, TableDefinition, CompareSpec]:
+        """Compare all columns; with ``repair`` the target table is first created or evolved like a sync would."""
+        if repair:
             with self.engines.source.connect() as source, self.engines.target.connect() as target:
                 ensure_target_table(source, target, spec.table)
                 target.commit()
-            source_def, compare_spec = describe_for_compare(self.engines, spec.table, spec.primary_key, "rows")
-        elif not exists:
+        source_def, compare_spec = describe_for_compare(self.engines, spec.table, spec.primary_key, "rows")
+        with self.engines.target.connect() as target:
+            exists = table_exists(target, spec.table)
+        if not exists:
             started = time.monotonic()
             with self.engines.source.connect() as source:
                 rows = int(execute(source, f"SELECT COUNT(*) FROM {qi(spec.table)}").scalar() or 0)
@@ -361,7 +361,7 @@ class Verifier:
         """Verify (and repair) one table, printing its line(s); True when finally identical."""
         try:
             report, comparison, source_def, compare_spec = self._retrying(
-                lambda: self._compare(spec, create=repair), f"verifying {spec.table}"
+                lambda: self._compare(spec, repair), f"verifying {spec.table}"
             )
         except ShutdownRequested:
             raise
@@ -385,7 +385,7 @@ class Verifier:
         if deleted and self.metrics is not None:
             self.metrics.rows_deleted(spec.table, deleted)
         self._print(f"{'':<30} repaired: {copied} rows re-copied, {deleted} rows deleted in {time.monotonic() - started:.2f}s")
-        after, _comparison, _def, _spec = self._retrying(lambda: self._compare(spec, create=False), f"verifying {spec.table}")
+        after, _comparison, _def, _spec = self._retrying(lambda: self._compare(spec, False), f"verifying {spec.table}")
         after.note = (after.note + "; " if after.note else "") + "after repair"
         self._print(format_report(after))
         self._feed(after)
