@@ -225,18 +225,24 @@ class _Prefetcher(Generic[T]):
 
     def _produce(self) -> None:
         iterator = iter(self._items)
+        failure: BaseException | None = None
         try:
             for item in iterator:
                 if not self._put(item):
-                    return
+                    break
         except BaseException as exc:  # noqa: BLE001 - handed over and re-raised in the consumer
-            self._put(_Failed(exc))
-            return
-        finally:
+            failure = exc
+        try:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()  # a generator: release its cursor and files in this thread
-        self._put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed over like any other failure
+            if failure is None and not self._cancel.is_set():
+                failure = exc
+            else:  # the consumer is gone or has an earlier error: say what happened, do not hide it
+                logger.warning("EXTRACTION - CLEANUP - %s: closing the extraction failed: %s", self._thread.name, exc)
+        if not self._cancel.is_set():
+            self._put(_DONE if failure is None else _Failed(failure))
 
     def __iter__(self) -> Iterator[T]:
         while True:

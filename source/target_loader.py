@@ -20,7 +20,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +47,7 @@ from schema_management import Column
 logger = logging.getLogger("dlt_sync.target_loader")
 
 LoadPath = Literal["load_data", "insert"]
+PARALLEL_EMPTY_LOADS = 2  # chunks loaded at once into an empty table (see TargetLoader._parallel_loads)
 
 
 def rechunk(batches: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
@@ -93,6 +96,7 @@ class TargetLoader:
         # Without CREATE TEMPORARY TABLES (not in TRD 7.1.1's grants) a regular staging table is used.
         self.persistent_stage = persistent_stage
         self._stages_created: set[str] = set()
+        self._counter_lock = threading.Lock()  # chunks may commit from two loader threads
 
     def load(
         self,
@@ -106,6 +110,9 @@ class TargetLoader:
         on_chunk: Callable[[int], None] | None = None,
     ) -> int:
         """Write every row of ``batches`` into ``table``; returns the number of rows written."""
+        workers = self._parallel_loads(into_empty)
+        if workers > 1:
+            return self._load_parallel(table, columns, key, batches, into_empty, chunk_rows, on_chunk, workers)
         total = 0
         for chunk in rechunk(batches, chunk_rows):
             if self.stop_event.is_set():
@@ -122,6 +129,58 @@ class TargetLoader:
             total += chunk.num_rows
             if on_chunk is not None:
                 on_chunk(chunk.num_rows)
+        self._drop_persistent_stages()
+        return total
+
+    def _parallel_loads(self, into_empty: bool) -> int:
+        """How many chunks load at once: 2 into an empty table via LOAD DATA, else 1.
+
+        A single ``LOAD DATA`` keeps one target core busy; two (on disjoint keys: no lock
+        conflicts) let the target parse and insert in parallel. Upserts stay one at a time, as
+        do loads through a shared regular staging table. ``MAX_CONCURRENT_TRANSACTIONS`` bounds it.
+        """
+        if not into_empty or self.path != "load_data" or self.persistent_stage:
+            return 1
+        return max(1, min(PARALLEL_EMPTY_LOADS, self.settings.max_concurrent_transactions))
+
+    def _load_parallel(
+        self, table: str, columns: Sequence[Column], key: Sequence[str], batches: Iterable[pa.Table],
+        into_empty: bool, chunk_rows: int, on_chunk: Callable[[int], None] | None, workers: int,
+    ) -> int:
+        """:meth:`load` with ``workers`` chunks in flight, each its own transaction on its own connection."""
+        total = 0
+        in_flight: deque[tuple[Future[Any], int]] = deque()
+
+        def apply(chunk: pa.Table) -> None:
+            call_with_retries(
+                lambda: self._apply_chunk(table, columns, key, chunk, into_empty),
+                what=f"loading {chunk.num_rows} rows into {table}",
+                stop_event=self.stop_event,
+                on_retry=self._on_retry,
+                **retry_kwargs(self.settings),
+            )
+
+        def finish_oldest() -> int:
+            future, rows = in_flight.popleft()
+            future.result()  # re-raises the chunk's error unchanged
+            if on_chunk is not None:
+                on_chunk(rows)
+            return rows
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"load-{table}") as pool:
+            try:
+                for chunk in rechunk(batches, chunk_rows):
+                    if self.stop_event.is_set():
+                        raise ShutdownRequested(f"shutdown requested: {table} stopped after {total} rows")
+                    chunk = self._align(chunk, columns)
+                    in_flight.append((pool.submit(apply, chunk), chunk.num_rows))
+                    while len(in_flight) >= workers:
+                        total += finish_oldest()
+                while in_flight:
+                    total += finish_oldest()
+            finally:
+                for future, _rows in in_flight:
+                    future.cancel()  # not started yet; running ones finish before the pool closes
         self._drop_persistent_stages()
         return total
 
@@ -166,7 +225,8 @@ class TargetLoader:
                         sanitized = self._upsert_via_stage(cursor, table, columns, key, chunk, plan)
                     raw.commit()
                     cursor.execute("SET SESSION max_statement_time=0")
-                    self.sanitized.add(sanitized, plan.reasons())
+                    with self._counter_lock:
+                        self.sanitized.add(sanitized, plan.reasons())
                     logger.debug("LOADER - CHUNK - %s: %d rows in %.2fs", table, chunk.num_rows, time.monotonic() - started)
                 finally:
                     cursor.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -91,3 +92,62 @@ def test_encode_tsv_matches_the_reference_for_sliced_and_mixed_columns(seed: int
 def test_encode_tsv_does_not_escape_bytes_outside_the_slice() -> None:
     parent = pa.table({"a": pa.array(["x\ty", "plain", "z\n"], pa.string())})
     assert encode_tsv(parent.slice(1, 1)) == b"plain\n"
+
+
+def loader(max_concurrent: int = 3, persistent_stage: bool = False) -> Any:
+    import threading
+
+    from config import DatabaseSettings, Settings
+    from target_loader import TargetLoader
+
+    db = DatabaseSettings(role="target", host="127.0.0.1", port=3306, name="x", user="u", password="")
+    settings = Settings(source=db, target=db, max_concurrent_transactions=max_concurrent, lock_timeout_retries=0)
+    return TargetLoader(None, settings, threading.Event(), "load_data", persistent_stage=persistent_stage)  # type: ignore[arg-type]
+
+
+def test_empty_tables_load_two_chunks_at_once_and_report_them_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    target = loader()
+    running: list[int] = []
+    peak: list[int] = []
+    lock = threading.Lock()
+
+    def apply(_self: Any, _table: str, _columns: Any, _key: Any, chunk: pa.Table, _into_empty: bool) -> None:
+        with lock:
+            running.append(1)
+            peak.append(len(running))
+        time.sleep(0.02 if chunk.column("id")[0].as_py() != "0" else 0.1)  # the first chunk is the slowest
+        with lock:
+            running.pop()
+
+    monkeypatch.setattr(type(target), "_apply_chunk", apply)
+    monkeypatch.setattr(type(target), "_align", staticmethod(lambda chunk, _columns: chunk))
+    reported: list[int] = []
+    total = target.load("t", [], ["id"], [table(0, 95)], into_empty=True, chunk_rows=10, on_chunk=reported.append)
+    assert total == 95 and reported == [10] * 9 + [5]
+    assert max(peak) == 2
+    assert target._parallel_loads(into_empty=False) == 1  # upserts stay sequential
+    assert loader(max_concurrent=1)._parallel_loads(into_empty=True) == 1
+    assert loader(persistent_stage=True)._parallel_loads(into_empty=True) == 1
+
+
+def test_a_failed_parallel_chunk_raises_its_own_error_and_stops_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = loader()
+    applied: list[str] = []
+
+    class Boom(Exception):
+        pass
+
+    def apply(_self: Any, _table: str, _columns: Any, _key: Any, chunk: pa.Table, _into_empty: bool) -> None:
+        first = chunk.column("id")[0].as_py()
+        if first == "20":
+            raise Boom(first)
+        applied.append(first)
+
+    monkeypatch.setattr(type(target), "_apply_chunk", apply)
+    monkeypatch.setattr(type(target), "_align", staticmethod(lambda chunk, _columns: chunk))
+    with pytest.raises(Boom, match="20"):
+        target.load("t", [], ["id"], [table(0, 100)], into_empty=True, chunk_rows=10)
+    assert len(applied) <= 3  # chunks 0 and 10, at most one more already in flight
