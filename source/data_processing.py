@@ -130,29 +130,29 @@ def _escaped_column(array: pa.ChunkedArray | pa.Array) -> pa.Array:
     return array
 
 
-def encode_tsv(table: pa.Table) -> bytes:
-    """``LOAD DATA`` input for ``table``: tab-separated, ``\\``-escaped, ``\\N`` for NULL.
+def encode_tsv_buffer(table: pa.Table) -> pa.Buffer:
+    """``LOAD DATA`` input for ``table`` as an Arrow buffer: tab-separated, ``\\``-escaped, ``\\N`` for NULL.
 
-    Runs entirely in Arrow kernels (no Python per row): each column is escaped, the columns
-    are joined row-wise with tabs, and the rows' buffer is taken as the file body.
+    Runs entirely in Arrow kernels (no Python per row): each column is escaped, the last one gets
+    the line end, the columns are joined row-wise with tabs in one pass, and the file body is the
+    slice of the joined array's data buffer -- written out without a copy into Python bytes.
     """
     if table.num_rows == 0:
-        return b""
+        return pa.py_buffer(b"")
     columns = [_escaped_column(table.column(i)) for i in range(table.num_columns)]
     if any(pa.types.is_large_binary(c.type) for c in columns):
         columns = [c.cast(pa.large_binary()) for c in columns]
     row_type = columns[0].type
-    terminator = pa.scalar(b"", type=row_type)
-    tab = pa.scalar(b"\t", type=row_type)
-    lines = pc.binary_join_element_wise(*columns, terminator, tab) if len(columns) > 1 else columns[0]
-    if len(columns) > 1:
-        # binary_join_element_wise put a tab before the empty terminator; swap it for a newline.
-        lines = pc.binary_replace_slice(lines, start=-1, stop=2**31 - 1, replacement=b"\n")
-    else:
-        lines = pc.binary_join_element_wise(lines, terminator, pa.scalar(b"\n", type=row_type))
+    last = pc.binary_join_element_wise(columns[-1], pa.scalar(b"\n", type=row_type), pa.scalar(b"", type=row_type))
+    lines = pc.binary_join_element_wise(*columns[:-1], last, pa.scalar(b"\t", type=row_type)) if len(columns) > 1 else last
     lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
     values = _values(lines)
-    return values.to_pybytes() if values is not None else b""
+    return values if values is not None else pa.py_buffer(b"")
+
+
+def encode_tsv(table: pa.Table) -> bytes:
+    """:func:`encode_tsv_buffer` as Python bytes."""
+    return encode_tsv_buffer(table).to_pybytes()
 
 
 def rows_as_parameters(table: pa.Table) -> list[tuple[object, ...]]:

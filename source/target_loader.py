@@ -2,7 +2,7 @@
 
 Two paths, chosen once at start-up from the target's ``local_infile`` setting:
 
-* ``LOAD DATA LOCAL INFILE`` of the vectorised TSV encoding (``data_processing.encode_tsv``),
+* ``LOAD DATA LOCAL INFILE`` of the vectorised TSV encoding (``data_processing.encode_tsv_buffer``),
 * multi-row ``INSERT`` (pymysql batches ``executemany`` into large statements) when the target
   refuses LOCAL INFILE.
 
@@ -30,7 +30,7 @@ import pyarrow as pa
 from sqlalchemy import exc as sa_exc
 
 from config import SanitizePolicy, Settings
-from data_processing import encode_tsv, load_expression, rows_as_parameters
+from data_processing import encode_tsv_buffer, load_expression, rows_as_parameters
 from database import Engines
 from database import quote_identifier as q
 from error_handling import (
@@ -252,12 +252,12 @@ class TargetLoader:
             self._plan = LoadPlan(self.label or table, columns, self.sanitize, self._sql_mode)
         return self._plan
 
-    def _write_file(self, data: bytes) -> Path:
+    def _write_file(self, data: bytes | pa.Buffer) -> Path:
         path = self.tmpdir / f"dlt_sync_{os.getpid()}_{uuid.uuid4().hex}.tsv"
         path.write_bytes(data)
         return path
 
-    def _load_data(self, cursor: Any, table: str, targets: str, set_clause: str, data: bytes) -> None:
+    def _load_data(self, cursor: Any, table: str, targets: str, set_clause: str, data: bytes | pa.Buffer) -> None:
         path = self._write_file(data)
         try:
             cursor.execute(
@@ -279,7 +279,7 @@ class TargetLoader:
     def _load_data_direct(self, cursor: Any, table: str, columns: Sequence[Column], chunk: pa.Table) -> None:
         variables = ", ".join(f"@c{i}" for i in range(len(columns)))
         assignments = ", ".join(f"{q(c.name)} = {load_expression(c, f'@c{i}')}" for i, c in enumerate(columns))
-        self._load_data(cursor, table, variables, f" SET {assignments}", encode_tsv(chunk))
+        self._load_data(cursor, table, variables, f" SET {assignments}", encode_tsv_buffer(chunk))
 
     def _upsert_via_stage(
         self, cursor: Any, table: str, columns: Sequence[Column], key: Sequence[str], chunk: pa.Table, plan: LoadPlan
@@ -305,7 +305,7 @@ class TargetLoader:
             cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {q(stage)}")
             cursor.execute(f"CREATE TEMPORARY TABLE {q(stage)} ({columns_sql}) ENGINE=InnoDB")
         if self.path == "load_data":
-            self._load_data(cursor, stage, ", ".join(f"c{i}" for i in range(len(columns))), "", encode_tsv(chunk))
+            self._load_data(cursor, stage, ", ".join(f"c{i}" for i in range(len(columns))), "", encode_tsv_buffer(chunk))
         else:
             placeholders = ", ".join(["%s"] * len(columns))
             cursor.executemany(f"INSERT INTO {q(stage)} VALUES ({placeholders})", rows_as_parameters(chunk))
