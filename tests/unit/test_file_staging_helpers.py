@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import file_staging
 from config import DatabaseSettings, Settings
 from error_handling import StagingError
 from extraction import prefetch
@@ -201,11 +200,6 @@ def test_prefetch_re_raises_the_producers_exception_object() -> None:
         with pytest.raises(KeyError) as caught:
             next(stream)
     assert caught.value is error
-
-
-def test_module_documents_the_writer_choice() -> None:
-    doc = file_staging.__doc__ or ""
-    assert "filesystem" in doc and "DATA_WRITER__COMPRESSION" in doc
 
 
 def test_paged_query_orders_by_the_qualified_key_and_binds_an_exact_integer() -> None:
