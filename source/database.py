@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from config import DatabaseSettings, Settings
-from error_handling import ShutdownRequested
+from error_handling import DatabaseError, ShutdownRequested, describe_error, is_transient, mysql_error_code
 
 logger = logging.getLogger("dlt_sync.database")
 
@@ -222,3 +222,15 @@ def server_allows_local_infile(engine: Engine) -> bool:
     with engine.connect() as conn:
         value = conn.exec_driver_sql("SELECT @@GLOBAL.local_infile").scalar()
     return bool(int(value or 0))
+
+
+def check_connectivity(engines: Engines) -> None:
+    """Open one connection to each database; raise DatabaseError with a credential-free reason."""
+    for role, engine in (("source", engines.source), ("target", engines.target)):
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - re-raised as one credential-free line
+            db = engines.settings.source if role == "source" else engines.settings.target
+            message = f"cannot connect to the {role} database {db.describe()}: {describe_error(exc)}"
+            raise DatabaseError(message, mysql_error_code(exc), transient=is_transient(exc)) from exc

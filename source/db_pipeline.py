@@ -25,7 +25,8 @@ from config import Settings, TableSpec, load_settings, load_tables  # noqa: E402
 from database import Engines, create_engines  # noqa: E402
 from error_handling import ConfigError, SyncError, describe_error  # noqa: E402
 from monitoring import SyncStatus  # noqa: E402
-from pipeline_management import TableSyncer, check_connectivity  # noqa: E402
+from pipeline_management import TableSyncer  # noqa: E402
+from preflight import run_check  # noqa: E402
 from utils import format_cycle_summary, setup_logging  # noqa: E402
 from watchdog import start_services, track_engines  # noqa: E402
 
@@ -89,25 +90,6 @@ def run_cycle(syncer: TableSyncer, specs: Sequence[TableSpec], status: SyncStatu
     return all_ok
 
 
-def run_check(syncer: TableSyncer, specs: Sequence[TableSpec]) -> int:
-    """Print the per-table plan; 0 when every table can be synced."""
-    code = EXIT_OK
-    check_connectivity(syncer.engines)
-    print(f"{'table':<32} {'strategy':<13} {'mode':<13} {'backend':<11} {'key':<28} {'modifier':<16} watermark")
-    for spec in specs:
-        try:
-            plan = syncer.plan(spec)
-        except Exception as exc:  # noqa: BLE001 - reported per table, the others are still checked
-            print(f"{spec.table:<32} ERROR: {describe_error(exc)}")
-            code = EXIT_FAILED
-            continue
-        print(
-            f"{plan['table']:<32} {plan['strategy']:<13} {plan['mode']:<13} {plan['backend']:<11} "
-            f"{','.join(plan['primary_key']):<28} {plan['modifier'] or '-':<16} {plan['watermark'] or '-'}"
-        )
-    return code
-
-
 def run_daemon(syncer: TableSyncer, specs: Sequence[TableSpec], settings: Settings, status: SyncStatus, stop: threading.Event) -> int:
     """Cycle every INTERVAL seconds (start to start) until a stop signal."""
     cycle = 0
@@ -153,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             leases = LeaseManager(engines.target, settings.target.name)
         syncer = TableSyncer(engines, settings, status, stop, metrics, leases)
         if args.check:
-            return run_check(syncer, specs)
+            return run_check(engines, settings, specs)
         if args.verify is not None:
             from verification import run_verify
 

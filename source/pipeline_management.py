@@ -31,8 +31,9 @@ from dlt.extract.exceptions import ResourceExtractionError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from change_detection import has_rows, target_watermark, window_fingerprint
 from config import PipelineMode, Settings, TableSpec
-from database import Engines, server_allows_local_infile
+from database import Engines, check_connectivity, server_allows_local_infile
 from database import quote_identifier as q
 from error_handling import (
     DatabaseError,
@@ -60,7 +61,6 @@ from verification import ReconcileSchedule, reconcile_deletes, refresh_by_chunks
 
 logger = logging.getLogger("dlt_sync.pipeline_management")
 
-TEMPORAL_TYPES = frozenset({"date", "datetime", "timestamp"})
 # In direct mode connectorx reads at most this many chunks per query (see TableSyncer._extraction_plan).
 DIRECT_CONNECTORX_PAGE_CHUNKS = 2
 
@@ -441,12 +441,12 @@ class TableSyncer:
             advise_source_modifier_index(source, spec.table, modifier)
             self._advised.add(spec.table)
         state = read_state(target, spec.table)
-        target_max, lower = self._target_watermark(target, spec.table, modifier, mod_col.data_type)
+        target_max, lower = target_watermark(target, spec.table, modifier, mod_col.data_type, self.settings.lookback_seconds)
         into_empty = False
         if state is not None and state.pending:
             lower = state.pending_from  # an unfinished load: read again from where it started
         elif target_max is None:
-            into_empty = not self._has_rows(target, spec.table)
+            into_empty = not has_rows(target, spec.table)
             lower = None
         if backfill and lower is not None:
             logger.info("SCHEMA_SYNC - BACKFILL - %s: new column(s); re-reading the whole table once", spec.table)
@@ -456,50 +456,23 @@ class TableSyncer:
         mark_pending(target, spec.table, lower)
         target.commit()
         rows, backend, sanitized = self._load(spec, mode, source_def, spec.table, lower, into_empty)
-        new_max, _ = self._target_watermark(target, spec.table, modifier, mod_col.data_type)
+        new_max, _ = target_watermark(target, spec.table, modifier, mod_col.data_type, self.settings.lookback_seconds)
         mark_done(target, spec.table, rows, new_max)
         target.commit()
         return TableResult(spec.table, ok=True, rows=rows, watermark=new_max, mode=mode, backend=backend,
                            details={"lower_bound": lower, "newest_modifier": new_max}, sanitized=sanitized)
 
-    def _target_watermark(self, target: Connection, table: str, modifier: str, data_type: str) -> tuple[str | None, str | None]:
-        """(max modifier, lower bound = max minus lookback) in the target, as strings."""
-        target.rollback()  # a fresh snapshot: see what committed loads wrote
-        if data_type in TEMPORAL_TYPES:
-            lookback = int(self.settings.lookback_seconds)
-            row = target.exec_driver_sql(
-                f"SELECT CAST(MAX({q(modifier)}) AS CHAR), CAST(MAX({q(modifier)}) - INTERVAL {lookback} SECOND AS CHAR) "
-                f"FROM {q(table)}"
-            ).fetchone()
-        else:
-            row = target.exec_driver_sql(f"SELECT CAST(MAX({q(modifier)}) AS CHAR), CAST(MAX({q(modifier)}) AS CHAR) FROM {q(table)}").fetchone()
-        return (row[0], row[1]) if row else (None, None)
-
-    @staticmethod
-    def _has_rows(conn: Connection, table: str) -> bool:
-        return conn.exec_driver_sql(f"SELECT 1 FROM {q(table)} LIMIT 1").first() is not None
-
-    @staticmethod
-    def _window_fingerprint(conn: Connection, spec: TableSpec, lower: str) -> tuple[Any, ...]:
-        modifier = q(spec.modifier or "")
-        parts = ", ".join([*(q(k) for k in spec.primary_key), modifier])
-        row = conn.exec_driver_sql(
-            f"SELECT COUNT(*), CAST(MAX({modifier}) AS CHAR), BIT_XOR(CRC32(CONCAT_WS(0x1f, {parts}))) "
-            f"FROM {q(spec.table)} WHERE {modifier} >= %s",
-            (lower,),
-        ).fetchone()
-        return tuple(row)
-
     def _window_matches(self, source: Connection, target: Connection, spec: TableSpec, lower: str) -> bool:
         """True when the target already holds exactly the source's (key, modifier) pairs in the window."""
         source.rollback()
-        in_source = self._window_fingerprint(source, spec, lower)
+        modifier = spec.modifier or ""
+        in_source = window_fingerprint(source, spec.table, spec.primary_key, modifier, lower)
         self._window_rows[spec.table] = int(in_source[0])
-        return in_source == self._window_fingerprint(target, spec, lower)
+        return in_source == window_fingerprint(target, spec.table, spec.primary_key, modifier, lower)
 
     def _full_refresh(self, spec: TableSpec, mode: PipelineMode, source: Connection, target: Connection, source_def: TableDefinition) -> TableResult:
-        target_has_rows = self._has_rows(target, spec.table)
-        source_has_rows = self._has_rows(source, spec.table)
+        target_has_rows = has_rows(target, spec.table)
+        source_has_rows = has_rows(source, spec.table)
         source.rollback()
         target.rollback()
         if not target_has_rows and not source_has_rows:
@@ -531,43 +504,3 @@ class TableSyncer:
             target.exec_driver_sql(f"DROP TABLE IF EXISTS {q(shadow)}")
             raise
         return TableResult(spec.table, ok=True, rows=rows, mode=mode, backend=backend, sanitized=sanitized, details=details)
-
-    # ----------------------------------------------------------------- --check
-    def plan(self, spec: TableSpec) -> dict[str, Any]:
-        """What a cycle would do for ``spec`` (strategy, mode, key, modifier, watermark)."""
-        plan: dict[str, Any] = {
-            "table": spec.table,
-            "strategy": spec.strategy,
-            "mode": table_mode(spec, self.settings),
-            "primary_key": list(spec.primary_key),
-            "modifier": spec.modifier,
-            "watermark": None,
-        }
-        with self.engines.source.connect() as source, self.engines.target.connect() as target:
-            from schema_management import describe_table
-
-            if not table_exists(source, spec.table):
-                raise SchemaError(f"table {spec.table!r} does not exist in the source database")
-            source_def = describe_table(source, spec.table)
-            check_merge_key(source, spec.table, spec.primary_key)
-            plan["backend"] = choose_backend(self.settings, source_def, spec.modifier)
-            if spec.modifier:
-                col = source_def.column(spec.modifier)
-                if col is None:
-                    raise SchemaError(f"table {spec.table!r}: modifier column {spec.modifier!r} does not exist in the source")
-                if table_exists(target, spec.table):
-                    plan["watermark"] = self._target_watermark(target, spec.table, spec.modifier, col.data_type)[1]
-            plan["target_exists"] = table_exists(target, spec.table)
-        return plan
-
-
-def check_connectivity(engines: Engines) -> None:
-    """Open one connection to each database; raise DatabaseError with a credential-free reason."""
-    for role, engine in (("source", engines.source), ("target", engines.target)):
-        try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-        except Exception as exc:  # noqa: BLE001 - re-raised as a clear configuration error
-            db = engines.settings.source if role == "source" else engines.settings.target
-            message = f"cannot connect to the {role} database {db.describe()}: {describe_error(exc)}"
-            raise DatabaseError(message, mysql_error_code(exc), transient=is_transient(exc)) from exc
