@@ -44,6 +44,7 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT / "tests"))
 
 from mariadb_server import MariaDBServer, init_template  # noqa: E402
+from orders_data import ORDERS_DATA, ORDERS_DDL  # noqa: E402
 from table_checks import table_fingerprint  # noqa: E402
 
 SERVER_ARGS = ["--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M", "--max-allowed-packet=256M"]
@@ -54,33 +55,6 @@ SHARED_UPDATED_AT = "2025-06-01 12:00:00.123456"
 UPDATED_ROWS = 10_000
 IDLE_CYCLES = 3
 VARIANT_CHUNK_SIZE = 25_000
-
-ORDERS_DDL = """
-CREATE TABLE orders (
-  id BIGINT UNSIGNED NOT NULL PRIMARY KEY,
-  customer_id INT NOT NULL,
-  status ENUM('new','paid','shipped','cancelled','refunded') NOT NULL DEFAULT 'new',
-  amount DECIMAL(12,2) NOT NULL,
-  qty SMALLINT NOT NULL,
-  note VARCHAR(255) CHARACTER SET utf8mb4 NOT NULL,
-  payload JSON NOT NULL,
-  is_gift TINYINT(1) NOT NULL DEFAULT 0,
-  created_at DATETIME NOT NULL,
-  updated_at DATETIME(6) NOT NULL,
-  KEY ix_updated_at (updated_at)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
-
-ORDERS_DATA = """
-INSERT INTO orders
-SELECT seq, seq % 50000 + 1, ELT(seq % 5 + 1, 'new', 'paid', 'shipped', 'cancelled', 'refunded'),
-       (seq % 100000) / 100 + 0.99, seq % 20 + 1,
-       CONCAT('Bestellung ', seq, ' – Grüße aus Köln, 東京 und São Paulo ', REPEAT('·', seq % 40)),
-       JSON_OBJECT('sku', CONCAT('SKU-', seq % 1000), 'qty', seq % 20 + 1, 'tags', JSON_ARRAY('gift', 'ü')),
-       seq % 2, '2024-01-01 00:00:00' + INTERVAL (seq % 31536000) SECOND,
-       '2024-01-01 00:00:00' + INTERVAL seq SECOND + INTERVAL (seq * 7919 % 1000000) MICROSECOND
-FROM seq_1_to_{rows}
-"""
 
 SMALL_DDL = """
 CREATE TABLE small_{n:02d} (
