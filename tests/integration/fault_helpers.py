@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +43,28 @@ def start_daemon(env: dict[str, str], *args: str, cwd: Path, **popen: Any) -> su
 
 def run_daemon(env: dict[str, str], *args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """Run ``db_pipeline.py`` to completion; ``.stdout`` holds stdout and stderr together."""
-    return subprocess.run(
-        [sys.executable, str(DAEMON), *args],
-        env=daemon_environ(env),
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    proc = start_daemon(env, *args, cwd=cwd)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
+
+
+@contextmanager
+def row_locks_held(server: MariaDBServer, db: str, select_for_update: str) -> Iterator[Any]:
+    """A session that holds the row locks of ``select_for_update`` (as a long report would);
+    yields the connection so the test can ``commit()`` to release them."""
+    locker = server.connect(db)
+    try:
+        with locker.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute(select_for_update)
+        yield locker
+    finally:
+        locker.close()
 
 
 def create_big_table(server: MariaDBServer, db: str, table: str, rows: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pymysql
 import pytest
-from fault_helpers import assert_identical, create_big_table, run_daemon, start_daemon
+from fault_helpers import assert_identical, create_big_table, row_locks_held, run_daemon, start_daemon
 
 from conftest import ServerFactory, SyncEnv
 from mariadb_server import MariaDBServer, free_port
@@ -172,11 +172,7 @@ def test_locked_rows_are_retried_until_released(sync_env: SyncEnv) -> None:
     env = sync_env.environ(LOCK_WAIT_TIMEOUT=1, LOCK_TIMEOUT_BASE_DELAY=0.3, LOCK_TIMEOUT_MAX_DELAY=1, LOCK_TIMEOUT_RETRIES=8)
     assert run_daemon(env, "--once", cwd=sync_env.workdir).returncode == 0
     sync_env.src("UPDATE t0 SET v = CONCAT(v, '!'), updated_at = updated_at + INTERVAL 1 DAY WHERE id <= 100")
-    locker = sync_env.target.connect(sync_env.target_db)
-    try:
-        with locker.cursor() as cur:
-            cur.execute("BEGIN")
-            cur.execute("SELECT * FROM t0 WHERE id <= 100 FOR UPDATE")  # a report holding the rows
+    with row_locks_held(sync_env.target, sync_env.target_db, "SELECT * FROM t0 WHERE id <= 100 FOR UPDATE") as locker:
         daemon = start_daemon(env, "--once", cwd=sync_env.workdir)
         wait_for(lambda: lock_waits(sync_env.target), 60, "the daemon to wait for the locked rows")
         blocked = time.monotonic()
@@ -184,8 +180,6 @@ def test_locked_rows_are_retried_until_released(sync_env: SyncEnv) -> None:
         release.start()
         out, _ = daemon.communicate(timeout=120)
         release.join()
-    finally:
-        locker.close()
     assert daemon.returncode == 0, out
     assert len(re.findall(r"RETRY - loading \d+ rows into t0 failed .*MySQL error 1205", out)) >= 2, out
     assert time.monotonic() - blocked >= 3.0

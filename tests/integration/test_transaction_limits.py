@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from fault_helpers import run_daemon
+from fault_helpers import row_locks_held, run_daemon
 from test_faults import identical, small_tables
 
 import config
@@ -24,18 +24,12 @@ def test_transaction_timeout_interrupts_a_blocked_load_which_is_retried(sync_env
                            LOCK_TIMEOUT_MAX_DELAY=1, LOCK_TIMEOUT_RETRIES=10)
     assert run_daemon(env, "--once", cwd=sync_env.workdir).returncode == 0
     sync_env.src("UPDATE t0 SET v = CONCAT(v, '?'), updated_at = updated_at + INTERVAL 1 DAY WHERE id <= 50")
-    locker = sync_env.target.connect(sync_env.target_db)
-    try:
-        with locker.cursor() as cur:
-            cur.execute("BEGIN")
-            cur.execute("SELECT * FROM t0 WHERE id <= 50 FOR UPDATE")
+    with row_locks_held(sync_env.target, sync_env.target_db, "SELECT * FROM t0 WHERE id <= 50 FOR UPDATE") as locker:
         release = threading.Timer(4.0, locker.commit)
         release.start()
         started = time.monotonic()
         result = run_daemon(env, "--once", cwd=sync_env.workdir)
         release.join()
-    finally:
-        locker.close()
     assert result.returncode == 0, result.stdout
     # Each attempt ended after about 1 s (not the 30 s lock wait) with MariaDB's statement-time error.
     assert re.search(r"RETRY - loading \d+ rows into t0 failed .*MySQL error 1969", result.stdout), result.stdout
