@@ -124,24 +124,33 @@ UPDATED_ROWS = [
 ]
 
 
-def _insert_rows(env: SyncEnv, rows: list[tuple[Any, ...]], seq_offset: int = 0) -> None:
-    placeholders = ", ".join(["%s"] * len(COLUMNS))
-    updates = ", ".join(f"`{c}` = VALUES(`{c}`)" for c in COLUMNS[2:])
+def _upsert_source(env: SyncEnv, table: str, columns: list[str], keys: int, rows: list[tuple[Any, ...]],
+                   session: str, after: Any = None) -> None:
+    """Insert or update ``rows`` in the source ``table``; ``keys`` leading columns form the key."""
+    placeholders = ", ".join(["%s"] * len(columns))
+    updates = ", ".join(f"`{c}` = VALUES(`{c}`)" for c in columns[keys:])
     conn = env.source.connect(env.source_db)
     try:
         with conn.cursor() as cur:
-            # Zero dates and the invalid ENUM value need a non-strict session on the source.
-            cur.execute("SET SESSION sql_mode = '', time_zone = '+00:00'")
-            for row in rows:
-                row = (row[0], row[1], row[2] + seq_offset, *row[3:])
-                cur.execute(
-                    f"INSERT INTO nasty ({', '.join(COLUMNS)}) VALUES ({placeholders}) ON DUPLICATE KEY UPDATE {updates}",
-                    row,
-                )
-            for id_, (geo, pt) in GEOMETRY.items():
-                cur.execute(f"UPDATE nasty SET geo = {geo}, pt = {pt} WHERE id = %s", (id_,))
+            cur.execute(session)
+            cur.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) ON DUPLICATE KEY UPDATE {updates}",
+                rows,
+            )
+            if after is not None:
+                after(cur)
     finally:
         conn.close()
+
+
+def _insert_rows(env: SyncEnv, rows: list[tuple[Any, ...]], seq_offset: int = 0) -> None:
+    def set_geometry(cur: Any) -> None:
+        for id_, (geo, pt) in GEOMETRY.items():
+            cur.execute(f"UPDATE nasty SET geo = {geo}, pt = {pt} WHERE id = %s", (id_,))
+
+    shifted = [(row[0], row[1], row[2] + seq_offset, *row[3:]) for row in rows]
+    # Zero dates and the invalid ENUM value need a non-strict session on the source.
+    _upsert_source(env, "nasty", COLUMNS, 2, shifted, "SET SESSION sql_mode = '', time_zone = '+00:00'", set_geometry)
 
 
 @pytest.fixture(scope="module")
@@ -253,18 +262,8 @@ def mixed_env(sync_env: SyncEnv) -> Iterator[SyncEnv]:
 
 
 def _write_mixed(env: SyncEnv, rows: list[tuple[int, dict[str, Any]]], seq: int) -> None:
-    placeholders = ", ".join(["%s"] * len(MIXED_COLUMNS))
-    updates = ", ".join(f"`{c}` = VALUES(`{c}`)" for c in MIXED_COLUMNS[1:])
-    conn = env.source.connect(env.source_db)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION time_zone = '+00:00'")
-            cur.executemany(
-                f"INSERT INTO mixed ({', '.join(MIXED_COLUMNS)}) VALUES ({placeholders}) ON DUPLICATE KEY UPDATE {updates}",
-                [(id_, seq, *(values[c] for c in MIXED_COLUMNS[2:])) for id_, values in rows],
-            )
-    finally:
-        conn.close()
+    values = [(id_, seq, *(v[c] for c in MIXED_COLUMNS[2:])) for id_, v in rows]
+    _upsert_source(env, "mixed", MIXED_COLUMNS, 1, values, "SET SESSION time_zone = '+00:00'")
 
 
 @pytest.mark.slow
