@@ -1,30 +1,41 @@
 """Cheap questions asked before an incremental load: where does the target stand, and did
 anything change in the window since?
 
-Both are answered from the modifier index (``index_management`` makes sure the target has one):
-``max(modifier)`` in the target gives the watermark, and a fingerprint of the window on each side
-(row count, newest modifier, and a checksum of key + modifier) tells whether the target already
-holds exactly the source's rows there. An idle table costs these few index-only queries.
+``max(modifier)`` in the target gives the watermark (answered from the modifier index, which
+``index_management`` makes sure the target has). A fingerprint of the window on each side --
+row count, newest modifier, and the XOR of a hash over every column of each row (the same exact
+per-column forms ``--verify`` compares) -- tells whether the target already holds exactly the
+source's rows there. Every column counts: a change that keeps the modifier value (two updates
+within one second of a whole-second TIMESTAMP, a DATE modifier updated later the same day) must
+not look unchanged. The fingerprint reads only the rows of the window, through the modifier index.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from chunk_compare import key_condition, qi, row_hash_sql
 from database import quote_identifier as q
+from schema_management import Column
 
 TEMPORAL_TYPES = frozenset({"date", "datetime", "timestamp"})
+KEY_LOOKUP_BATCH = 500
+INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
+
+Fingerprint = tuple[Any, ...]
 
 
 def target_watermark(
-    target: Connection, table: str, modifier: str, data_type: str, lookback_seconds: float
+    target: Connection, table: str, modifier: str, data_type: str, lookback_seconds: float, lookback_versions: int = 0
 ) -> tuple[str | None, str | None]:
-    """(newest modifier, lower bound = newest minus the lookback window) in the target, as text.
+    """(newest modifier, lower bound = newest minus the lookback) in the target, as text.
 
-    The lookback applies to temporal modifiers only; an integer version is read from its maximum.
+    Temporal modifiers look back ``lookback_seconds``; an integer version (a global, increasing
+    change number) looks back ``lookback_versions`` numbers, so a change that got its number before
+    a newer one but committed after it is still read.
     """
     target.rollback()  # a fresh snapshot: see what committed loads wrote
     column = q(modifier)
@@ -33,7 +44,10 @@ def target_watermark(
     else:
         lower = f"CAST(MAX({column}) AS CHAR)"
     row = target.exec_driver_sql(f"SELECT CAST(MAX({column}) AS CHAR), {lower} FROM {q(table)}").fetchone()
-    return (row[0], row[1]) if row else (None, None)
+    newest, bound = (row[0], row[1]) if row else (None, None)
+    if data_type in INTEGER_TYPES and bound is not None and lookback_versions:
+        bound = str(int(bound) - int(lookback_versions))  # Python ints: no UNSIGNED underflow
+    return newest, bound
 
 
 def has_rows(conn: Connection, table: str) -> bool:
@@ -41,13 +55,37 @@ def has_rows(conn: Connection, table: str) -> bool:
     return conn.exec_driver_sql(f"SELECT 1 FROM {q(table)} LIMIT 1").first() is not None
 
 
-def window_fingerprint(conn: Connection, table: str, key: Sequence[str], modifier: str, lower: str) -> tuple[Any, ...]:
-    """(rows, newest modifier, checksum of key + modifier) of the rows with ``modifier >= lower``."""
-    column = q(modifier)
-    parts = ", ".join([*(q(k) for k in key), column])
+def window_fingerprint(
+    conn: Connection, table: str, columns: Sequence[Column], modifier: str, lower: str,
+    values: Mapping[str, str] | None = None,
+) -> Fingerprint:
+    """(rows, newest modifier, XOR of full-row hashes) of the rows with ``modifier >= lower``.
+
+    ``columns`` are the source's columns: a target column the source dropped (kept by design) is
+    not part of the comparison. ``values`` (column name -> expression, see
+    ``sanitization.stored_values``) hashes what the target stores instead of the column itself.
+    """
+    column = qi(modifier)
     row = conn.exec_driver_sql(
-        f"SELECT COUNT(*), CAST(MAX({column}) AS CHAR), BIT_XOR(CRC32(CONCAT_WS(0x1f, {parts}))) "
-        f"FROM {q(table)} WHERE {column} >= %s",
+        f"SELECT COUNT(*), CAST(MAX({column}) AS CHAR), BIT_XOR({row_hash_sql(columns, values)}) "
+        f"FROM {qi(table)} WHERE {column} >= %s",
         (lower,),
     ).fetchone()
-    return tuple(row)
+    return (int(row[0]), row[1], int(row[2] or 0)) if row else (0, None, 0)
+
+
+def window_keys(conn: Connection, table: str, key: Sequence[str], modifier: str, lower: str) -> set[tuple[Any, ...]]:
+    """The keys of the rows with ``modifier >= lower`` (read from the modifier index)."""
+    names = ", ".join(qi(k) for k in key)
+    rows = conn.exec_driver_sql(f"SELECT {names} FROM {qi(table)} WHERE {qi(modifier)} >= %s", (lower,)).fetchall()
+    return {tuple(r) for r in rows}
+
+
+def keys_in(conn: Connection, table: str, key: Sequence[str], keys: Sequence[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+    """Those of ``keys`` that ``table`` holds (point lookups on the key's index)."""
+    found: set[tuple[Any, ...]] = set()
+    names = ", ".join(qi(k) for k in key)
+    for start in range(0, len(keys), KEY_LOOKUP_BATCH):
+        where, params = key_condition(key, keys[start : start + KEY_LOOKUP_BATCH])
+        found.update(tuple(r) for r in conn.exec_driver_sql(f"SELECT {names} FROM {qi(table)} WHERE {where}", tuple(params)))
+    return found

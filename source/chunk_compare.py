@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -34,8 +34,8 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy.engine import Connection, Engine
 
 from database import Engines, quote_identifier
-from error_handling import SchemaError, ShutdownRequested
-from index_management import index_columns
+from error_handling import ShutdownRequested
+from index_management import index_columns, merge_key_index
 from schema_management import Column, TableDefinition
 
 logger = logging.getLogger("dlt_sync.chunk_compare")
@@ -51,6 +51,9 @@ MAX_BUCKETS_PER_QUERY = 250  # UNION ALL parts per statement (more parts cost mo
 GROUPS = 32  # key-hash groups a differing bucket is split into before rows are fetched
 MAX_GROUPED_ROWS = 20_000  # a differing bucket with more rows on one side is re-cut first
 SEPARATOR = "#"
+# Types whose values can be long enough (up to 4 GB) that a string function building a copy of
+# them hits max_allowed_packet: hashed through SHA1 of the value (see hash_form).
+LONG_VALUE_TYPES = frozenset({"tinytext", "text", "mediumtext", "longtext", "json"})
 
 
 def qi(name: str) -> str:
@@ -59,35 +62,43 @@ def qi(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- SQL building
-def hash_form(col: Column) -> str:
-    """``col`` in an exact, server-independent text or byte form for hashing."""
-    name = qi(col.name)
+def hash_form(col: Column, value: str | None = None) -> str:
+    """``col`` (or the expression ``value`` standing for it) in an exact, server-independent text
+    or byte form for hashing."""
+    name = value or qi(col.name)
     if col.data_type == "bit":
         return f"CAST({name} AS UNSIGNED)"
     if col.data_type == "float":
         return f"CAST({name} AS DOUBLE)"  # FLOAT's own text form rounds to ~6 digits
     if col.data_type == "timestamp":
         return f"UNIX_TIMESTAMP({name})"  # independent of any time zone
-    if col.is_binary:
-        return f"HEX({name})"  # raw bytes could contain the separator
+    if col.is_binary or col.data_type in LONG_VALUE_TYPES:
+        # The SHA1 of the value itself, whatever its size: HEX() of a value over half of
+        # max_allowed_packet returns NULL (warning 1301), and a NULL form would make every
+        # change of a large BLOB or TEXT invisible. The digest is hex text, so raw bytes can
+        # never contain the separator either.
+        return f"SHA1({name})"
     if col.charset is not None and col.charset != "utf8mb4":
         return f"CAST({name} AS BINARY)"  # its own bytes, never a lossy conversion to utf8mb4
     return name
 
 
-def row_hash_sql(columns: Sequence[Column]) -> str:
+def row_hash_sql(columns: Sequence[Column], values: Mapping[str, str] | None = None) -> str:
     """A 32-bit row hash over ``columns``: CRC32 of the SHA1 of their forms and NULL markers.
 
     32 bits like pt-table-sync's CRC32, but not linear: XOR-ing plain CRC32s over a chunk cancels
     out whenever an even number of rows get the same change at the same offsets (an UPDATE of two
     rows alike), while SHA1 scrambles every change first. In MariaDB this costs 70 % of a 64-bit
     ``CONV(LEFT(SHA1(..), 16), 16, 10)`` and 40 % of the MD5 equivalent.
+
+    ``values`` replaces a column (by name) with an expression: the value the target stores for it.
     """
-    forms = [hash_form(c) for c in columns]
+    values = values or {}
+    forms = [hash_form(c, values.get(c.name)) for c in columns]
     nullable = [c for c in columns if c.nullable]
     if nullable:
         # CONCAT_WS skips NULLs; the markers tell NULL apart from a missing or empty value.
-        forms.append("CONCAT(" + ", ".join(f"ISNULL({qi(c.name)})" for c in nullable) + ")")
+        forms.append("CONCAT(" + ", ".join(f"ISNULL({values.get(c.name) or qi(c.name)})" for c in nullable) + ")")
     return f"CRC32(SHA1(CONCAT_WS('{SEPARATOR}', {', '.join(forms)})))"
 
 
@@ -220,10 +231,8 @@ def build_spec(source: Connection, target: Connection, source_def: TableDefiniti
     Raises:
         SchemaError: ``key`` is not a primary or unique key of the source table.
     """
-    found = _matching_index(source, source_def.name, key, ordered=False)
-    if found is None:
-        raise SchemaError(f"table {source_def.name!r}: ({', '.join(key)}) is not a primary or unique key of the source")
-    index, ordered_key = found
+    merge_index = merge_key_index(source, source_def.name, key)  # refuses NULL-able keys too
+    index, ordered_key = merge_index.name, [part.column for part in merge_index.parts]
     target_found = _matching_index(target, source_def.name, ordered_key, ordered=True)
     key_set = {k.lower() for k in ordered_key}
     columns = tuple(c for c in source_def.columns if mode == "rows" or c.name.lower() in key_set)

@@ -141,6 +141,7 @@ class Settings:
     health_port: int = 8089
     health_host: str = "0.0.0.0"
     lookback_seconds: float = 300.0
+    lookback_versions: int = 1000
     chunk_size: int = 50000
     extract_backend: ExtractBackend = "auto"
     sanitize_policy: SanitizePolicy = "error"
@@ -224,6 +225,7 @@ SETTING_VARIABLES: dict[str, tuple[str, Any]] = {
     "HEALTH_PORT": ("health_port", _port),
     "HEALTH_HOST": ("health_host", str),
     "LOOKBACK_SECONDS": ("lookback_seconds", _non_negative_float),
+    "LOOKBACK_VERSIONS": ("lookback_versions", lambda t: int(_non_negative_float(t))),
     "CHUNK_SIZE": ("chunk_size", _positive_int),
     "EXTRACT_BACKEND": ("extract_backend", _choice("auto", "connectorx", "pyarrow")),
     "SANITIZE_POLICY": ("sanitize_policy", _choice("error", "null")),

@@ -59,6 +59,30 @@ def load_expression(col: Column, raw: str) -> str:
     return raw
 
 
+_EXACT_CASTS = {
+    "tinyint": "SIGNED", "smallint": "SIGNED", "mediumint": "SIGNED", "int": "SIGNED", "bigint": "SIGNED",
+    "year": "UNSIGNED", "bit": "UNSIGNED", "float": "DOUBLE", "double": "DOUBLE", "date": "DATE",
+}
+
+
+def comparable_expression(col: Column, raw: str) -> str:
+    """``col``'s value from the transported bytes ``raw``, typed like ``col`` so that comparing it
+    with the column uses the column's own index and equality (collation included)."""
+    if col.charset is not None:  # text, ENUM, SET: the column's character set and collation
+        return f"CONVERT({load_expression(col, raw)} USING {col.charset}) COLLATE {col.collation}"
+    base = col.data_type
+    if base in _EXACT_CASTS:
+        cast = _EXACT_CASTS[base]
+        if cast == "SIGNED" and "unsigned" in col.column_type:
+            cast = "UNSIGNED"
+        return f"CAST({raw} AS {cast})"
+    if base in {"decimal", "datetime", "time"}:
+        # The column type carries precision and scale or fractional digits: decimal(12,2), datetime(6).
+        arguments = col.column_type[len(base) :].split()[0] if col.column_type[len(base) :].strip() else ""
+        return f"CAST({raw} AS {base.upper()}{arguments})"
+    return load_expression(col, raw)
+
+
 _ENUM_MEMBER = re.compile(r"'((?:[^'\\]|''|\\.)*)'")
 
 

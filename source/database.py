@@ -95,7 +95,10 @@ def connectorx_url(db: DatabaseSettings) -> str:
     password = quote(db.password, safe="")
     user = quote(db.user, safe="")
     auth = f"{user}:{password}" if db.password else user
-    return f"mysql://{auth}@{db.host}:{db.port}/{quote(db.name, safe='')}"
+    # connectorx's client refuses a row over its own packet limit (the server's max_allowed_packet,
+    # 16 MiB by default) where pymysql reads any row: rows of several large BLOBs need the
+    # protocol's maximum, 1 GiB.
+    return f"mysql://{auth}@{db.host}:{db.port}/{quote(db.name, safe='')}?max_allowed_packet=1073741824"
 
 
 # Connections one table sync holds at once: its own (schema, watermark, state) plus the
@@ -155,7 +158,25 @@ def create_engine(db: DatabaseSettings, settings: Settings) -> Engine:
     def _bounded_connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         return BoundedHandshakeConnection(*cargs, **cparams)
 
+    keep_parameter_free_sql_literal(engine)
     return engine
+
+
+def keep_parameter_free_sql_literal(engine: Engine) -> None:
+    """Send driver-level SQL without parameters to the server exactly as written.
+
+    SQLAlchemy hands ``exec_driver_sql(sql)`` to pymysql with an empty parameter dict, and pymysql
+    then applies ``sql % {}``: a column named ``pct%s`` became ``pct{}`` in DDL. Passing no
+    parameters at all makes pymysql leave the text alone, so DDL and other parameter-free
+    statements never go through ``%`` formatting. Statements with parameters still escape a
+    literal ``%`` as ``%%``; compiled SQLAlchemy constructs (``text()``) escape it themselves.
+    """
+
+    @sa.event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _literal(_conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> tuple[str, Any]:
+        if not executemany and not parameters and context is not None and context.compiled is None:
+            return statement, None
+        return statement, parameters
 
 
 @dataclass

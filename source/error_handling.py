@@ -77,6 +77,10 @@ class DataError(TerminalError):
     """A value cannot be stored in the target under the table's sanitization policy."""
 
 
+class ExtractionBackendError(TerminalError):
+    """The extraction backend itself broke (a Rust panic inside connectorx); pyarrow can read the table."""
+
+
 class StagingError(TerminalError):
     """The file-staging directory cannot be used (not writable, disk full)."""
 

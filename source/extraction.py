@@ -33,6 +33,7 @@ from config import Settings
 from data_processing import select_list
 from database import Engines, connectorx_url
 from database import quote_identifier as q
+from error_handling import ExtractionBackendError
 from schema_management import Column, TableDefinition
 
 logger = logging.getLogger("dlt_sync.extraction")
@@ -120,12 +121,12 @@ def extract(
 ) -> Iterator[pa.Table]:
     """Yield the selected rows of the table as Arrow tables of at most ``chunk_size`` rows."""
     if paging is None:
-        yield from _read(engines, settings, build_query(source_def.name, source_def.columns, modifier, lower_bound),
+        yield from _read(engines, settings, build_query(source_def.name, source_def.loaded_columns, modifier, lower_bound),
                          source_def.name, chunk_size, backend)
         return
     after: int | None = None
     while True:
-        query = build_query(source_def.name, source_def.columns, modifier, lower_bound, paging, after)
+        query = build_query(source_def.name, source_def.loaded_columns, modifier, lower_bound, paging, after)
         rows = 0
         for table in _read(engines, settings, query, source_def.name, chunk_size, backend):
             if table.num_rows:
@@ -162,13 +163,21 @@ def _read(engines: Engines, settings: Settings, query: sa.TextClause, table: str
     with warnings.catch_warnings():
         # SQLAlchemy does not know GEOMETRY; the projection reads it as bytes anyway.
         warnings.simplefilter("ignore", category=sa.exc.SAWarning)
-        for item in resource:
-            if isinstance(item, pa.Table):
-                yield item
-            elif isinstance(item, pa.RecordBatch):
-                yield pa.Table.from_batches([item])
-            else:  # pragma: no cover - other backends are never configured here
-                raise TypeError(f"unexpected extraction item {type(item).__name__}")
+        try:
+            for item in resource:
+                if isinstance(item, pa.Table):
+                    yield item
+                elif isinstance(item, pa.RecordBatch):
+                    yield pa.Table.from_batches([item])
+                else:  # pragma: no cover - other backends are never configured here
+                    raise TypeError(f"unexpected extraction item {type(item).__name__}")
+        except BaseException as exc:
+            # A Rust panic in connectorx surfaces as pyo3's PanicException, a BaseException that no
+            # ``except Exception`` stops: it would end the daemon. It is the backend failing, not
+            # the data, so it becomes an error the caller can answer by reading with pyarrow.
+            if type(exc).__name__ == "PanicException":
+                raise ExtractionBackendError(f"{backend} failed reading {table}: {str(exc)[:300]}") from exc
+            raise
 
 
 M_ARENA_MAX = -8  # glibc's mallopt() parameter number for the arena limit

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +31,14 @@ from dlt.extract.exceptions import ResourceExtractionError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from change_detection import has_rows, target_watermark, window_fingerprint
+from change_detection import Fingerprint, has_rows, keys_in, target_watermark, window_fingerprint, window_keys
 from config import PipelineMode, Settings, TableSpec
 from database import Engines, check_connectivity, server_allows_local_infile
 from database import quote_identifier as q
 from error_handling import (
     DatabaseError,
     DataError,
+    ExtractionBackendError,
     SchemaError,
     ShutdownRequested,
     StagingError,
@@ -52,12 +53,21 @@ from error_handling import (
 from extraction import Backend, Paging, choose_backend, extract, limit_malloc_arenas, pageable_key, prefetch
 from index_management import advise_source_modifier_index, check_merge_key, ensure_modifier_index
 from monitoring import SyncStatus
+from sanitization import stored_values
 from schema_cache import SchemaCache
-from schema_management import SchemaChanges, TableDefinition, ensure_target_table, fetch_columns, table_exists
+from schema_management import (
+    Column,
+    SchemaChanges,
+    TableDefinition,
+    add_unique_keys,
+    ensure_target_table,
+    fetch_columns,
+    table_exists,
+)
 from sync_state import ensure_state_table, mark_done, mark_pending, read_state
 from target_loader import LoadPath, TargetLoader, rechunk, temporary_tables_allowed
 from utils import progress
-from verification import ReconcileSchedule, reconcile_deletes, refresh_by_chunks
+from verification import ReconcileSchedule, copy_rows, reconcile_deletes, refresh_by_chunks
 
 logger = logging.getLogger("dlt_sync.pipeline_management")
 
@@ -102,7 +112,17 @@ def table_mode(spec: TableSpec, settings: Settings) -> PipelineMode:
     return spec.mode or settings.pipeline_mode
 
 
-StagerFactory = Callable[[str], AbstractContextManager[Any]]
+@dataclass(frozen=True)
+class WindowCheck:
+    """Both sides' fingerprints of one incremental window."""
+
+    lower: str
+    source: Fingerprint
+    target: Fingerprint
+
+    @property
+    def matches(self) -> bool:
+        return self.source == self.target
 
 
 class TableSyncer:
@@ -130,6 +150,8 @@ class TableSyncer:
         self._deletes = ReconcileSchedule()  # when each "deletes": "reconcile" table is due
         self._schemas = SchemaCache()  # lets idle cycles skip the schema checks of unchanged tables
         self._window_rows: dict[str, int] = {}  # rows in the source window, counted by the fingerprint
+        # The window check after a load that could not make both sides equal (see _settle_window).
+        self._settled: dict[str, WindowCheck] = {}
 
     # ----------------------------------------------------------------- set-up
     def load_path(self) -> LoadPath:
@@ -345,8 +367,13 @@ class TableSyncer:
                 self._schemas.remember(spec.table, source_def)
             if spec.strategy == "incremental":
                 # A new column (or a renamed one) holds values in rows outside the window too.
-                return self._incremental(spec, mode, source, target, source_def, backfill=bool(changes.added))
-            return self._full_refresh(spec, mode, source, target, source_def)
+                result = self._incremental(spec, mode, source, target, source_def, backfill=changes.needs_backfill)
+            else:
+                result = self._full_refresh(spec, mode, source, target, source_def)
+            if changes.unique_keys_to_add:
+                target.rollback()
+                add_unique_keys(target, spec.table, changes.unique_keys_to_add)
+            return result
 
     def _chunk_rows(self, spec: TableSpec) -> int:
         return spec.batch_size or self.settings.chunk_size
@@ -416,20 +443,30 @@ class TableSyncer:
 
         def run(backend: Backend) -> int:
             with self._stream(spec, mode, source_def, lower, backend, paging if backend == "connectorx" else None) as batches, progress(spec.table, estimate, self.settings) as bar:
-                return loader.load(table, source_def.columns, spec.primary_key, batches, into_empty=into_empty,
+                return loader.load(table, source_def.loaded_columns, spec.primary_key, batches, into_empty=into_empty,
                                    chunk_rows=self._chunk_rows(spec), on_chunk=bar.advance)
 
         try:
             rows = run(backend)
-        except ResourceExtractionError as exc:
+        except (ResourceExtractionError, ExtractionBackendError) as exc:
             if backend != "connectorx" or mysql_error_code(exc) is not None:
                 raise
             # connectorx could not read this table (an unsupported type): pyarrow reads it exactly.
             logger.warning("EXTRACTION - FALLBACK - %s: connectorx failed (%s); using pyarrow", spec.table, describe_error(exc))
             backend = "pyarrow"
             rows = run(backend)
+        if loader.displaced_keys:
+            # Rows whose unique values the load gave to other rows: bring their current version.
+            rows += self._copy_rows(spec, source_def, loader.displaced_keys)
         loader.sanitized.log(spec.table)  # once per table and cycle
         return rows, backend, dict(loader.sanitized.counts)
+
+    def _copy_rows(self, spec: TableSpec, source_def: TableDefinition, keys: Sequence[tuple[Any, ...]]) -> int:
+        """Upsert the source's current version of the rows with ``keys``."""
+        return copy_rows(
+            self.engines, self.settings, self.stop_event, self.load_path(), source_def, spec.primary_key, keys,
+            spec.sanitize or self.settings.sanitize_policy,
+        )
 
     def _incremental(self, spec: TableSpec, mode: PipelineMode, source: Connection, target: Connection, source_def: TableDefinition, backfill: bool = False) -> TableResult:
         modifier = spec.modifier
@@ -441,7 +478,7 @@ class TableSyncer:
             advise_source_modifier_index(source, spec.table, modifier)
             self._advised.add(spec.table)
         state = read_state(target, spec.table)
-        target_max, lower = target_watermark(target, spec.table, modifier, mod_col.data_type, self.settings.lookback_seconds)
+        target_max, lower = self._watermark(target, spec, mod_col)
         into_empty = False
         if state is not None and state.pending:
             lower = state.pending_from  # an unfinished load: read again from where it started
@@ -451,24 +488,77 @@ class TableSyncer:
         if backfill and lower is not None:
             logger.info("SCHEMA_SYNC - BACKFILL - %s: new column(s); re-reading the whole table once", spec.table)
             lower = None
-        if lower is not None and self._window_matches(source, target, spec, lower):
-            return TableResult(spec.table, ok=True, skipped=True, watermark=target_max, mode=mode)
+        if lower is not None:
+            window = self._window(source, target, spec, source_def, lower)
+            if window.matches or self._settled.get(spec.table) == window:
+                # Identical, or the same known difference as after the last load (nothing moved since).
+                if state is not None and state.pending:
+                    mark_done(target, spec.table, 0, target_max)  # the unfinished load had nothing left to do
+                    target.commit()
+                return TableResult(spec.table, ok=True, skipped=True, watermark=target_max, mode=mode)
         mark_pending(target, spec.table, lower)
         target.commit()
         rows, backend, sanitized = self._load(spec, mode, source_def, spec.table, lower, into_empty)
-        new_max, _ = target_watermark(target, spec.table, modifier, mod_col.data_type, self.settings.lookback_seconds)
+        if lower is not None:
+            rows += self._settle_window(spec, source, target, source_def, lower)
+        new_max, _ = self._watermark(target, spec, mod_col)
         mark_done(target, spec.table, rows, new_max)
         target.commit()
         return TableResult(spec.table, ok=True, rows=rows, watermark=new_max, mode=mode, backend=backend,
                            details={"lower_bound": lower, "newest_modifier": new_max}, sanitized=sanitized)
 
-    def _window_matches(self, source: Connection, target: Connection, spec: TableSpec, lower: str) -> bool:
-        """True when the target already holds exactly the source's (key, modifier) pairs in the window."""
-        source.rollback()
+    def _watermark(self, target: Connection, spec: TableSpec, mod_col: Column) -> tuple[str | None, str | None]:
+        return target_watermark(
+            target, spec.table, mod_col.name, mod_col.data_type, self.settings.lookback_seconds,
+            self.settings.lookback_versions,
+        )
+
+    def _window(self, source: Connection, target: Connection, spec: TableSpec, source_def: TableDefinition, lower: str) -> WindowCheck:
+        """Both sides' fingerprints of the window ``modifier >= lower`` (every column of every row)."""
+        source.rollback()  # fresh snapshots on both sides
+        target.rollback()
         modifier = spec.modifier or ""
-        in_source = window_fingerprint(source, spec.table, spec.primary_key, modifier, lower)
+        # Values the sanitization policy sets to NULL in the target are hashed as NULL on the source too.
+        stored = stored_values(source_def.columns, spec.sanitize or self.settings.sanitize_policy,
+                               self.settings.target_sql_mode)
+        in_source = window_fingerprint(source, spec.table, source_def.columns, modifier, lower, stored)
         self._window_rows[spec.table] = int(in_source[0])
-        return in_source == window_fingerprint(target, spec.table, spec.primary_key, modifier, lower)
+        return WindowCheck(lower, in_source, window_fingerprint(target, spec.table, source_def.columns, modifier, lower))
+
+    def _settle_window(self, spec: TableSpec, source: Connection, target: Connection, source_def: TableDefinition, lower: str) -> int:
+        """After loading the window, make the target's window equal the source's where it can.
+
+        A target row in the window whose source row is outside it had its modifier moved back (a
+        delete and re-insert with an older value, a clock set back): it is re-copied. A target row
+        whose key left the source stays (``deletes: reconcile`` removes it); the window then
+        differs for good, which is reported once and not re-read until either side changes.
+        Returns the rows re-copied.
+        """
+        modifier = spec.modifier or ""
+        after = self._window(source, target, spec, source_def, lower)
+        if after.matches:
+            self._settled.pop(spec.table, None)
+            return 0
+        stray = sorted(window_keys(target, spec.table, spec.primary_key, modifier, lower)
+                       - window_keys(source, spec.table, spec.primary_key, modifier, lower), key=repr)
+        moved = [k for k in stray if k in keys_in(source, spec.table, spec.primary_key, stray)]
+        copied = self._copy_rows(spec, source_def, moved) if moved else 0
+        if moved:
+            logger.info("SYNC_ENGINE - WINDOW - %s: %d row(s) had their modifier moved back in the source; re-copied",
+                        spec.table, len(moved))
+            after = self._window(source, target, spec, source_def, lower)
+        if after.matches:
+            self._settled.pop(spec.table, None)
+        elif self._settled.get(spec.table) != after:
+            self._settled[spec.table] = after
+            logger.warning(
+                "SYNC_ENGINE - WINDOW - %s: after the load the target's rows with %s >= %s still differ from the "
+                "source's (%d there against %d; %d target row(s) whose key the source no longer has%s); not read "
+                "again until either side changes",
+                spec.table, modifier, lower, after.target[0], after.source[0], len(stray) - len(moved),
+                ", removed by deletes: reconcile" if spec.deletes == "reconcile" else ", kept with deletes: ignore",
+            )  # fmt: skip
+        return copied
 
     def _full_refresh(self, spec: TableSpec, mode: PipelineMode, source: Connection, target: Connection, source_def: TableDefinition) -> TableResult:
         target_has_rows = has_rows(target, spec.table)

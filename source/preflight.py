@@ -39,7 +39,7 @@ def table_plan(engines: Engines, settings: Settings, spec: TableSpec) -> dict[st
                 raise SchemaError(f"table {spec.table!r}: modifier column {spec.modifier!r} does not exist in the source")
             if plan["target_exists"]:
                 plan["watermark"] = target_watermark(
-                    target, spec.table, spec.modifier, col.data_type, settings.lookback_seconds
+                    target, spec.table, spec.modifier, col.data_type, settings.lookback_seconds, settings.lookback_versions
                 )[1]
     return plan
 

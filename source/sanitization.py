@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from config import SanitizePolicy
-from data_processing import enum_error_value_placeholder, has_enum_error_value, load_expression
+from data_processing import enum_error_value_placeholder, extract_expression, has_enum_error_value, load_expression
 from database import quote_identifier as q
 from error_handling import DataError
 from schema_management import Column
@@ -197,3 +197,23 @@ class LoadPlan:
             f"ON {join} SET t.{q(self.columns[i].name)} = '' WHERE s.c{i} = ''"
             for i in self.enum_columns
         ]
+
+
+def stored_values(columns: Sequence[Column], policy: SanitizePolicy, sql_mode: str) -> dict[str, str]:
+    """Column name -> an SQL expression, over the source row, of the value the target stores.
+
+    Only the columns the ``null`` policy may alter appear: there a value the target cannot store
+    becomes NULL. Comparisons of source and target (the incremental window check) hash these
+    expressions on the source side, so a deliberate alteration does not look like a change.
+    """
+    if policy != "null":
+        return {}
+    flags = sql_mode_flags(sql_mode)
+    values: dict[str, str] = {}
+    for index, col in enumerate(columns):
+        check = unstorable_check(col, index, flags)
+        if check is not None and col.nullable:
+            # The predicates read the transported text; '%' doubled for statements with parameters.
+            raw = extract_expression(col).replace("%", "%%")
+            values[col.name] = f"IF({check.on(raw)}, NULL, {q(col.name).replace('%', '%%')})"
+    return values

@@ -15,14 +15,17 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from database import quote_identifier as q
-from error_handling import SchemaError
+from error_handling import SchemaError, describe_error, mysql_error_code
+from index_management import unique_key_changes
 
 logger = logging.getLogger("dlt_sync.schema_management")
+
+DUPLICATE_KEY_CODES = frozenset({1062, 1169})  # duplicate entry; duplicate entry for a unique constraint
 
 _INTEGER_RANK = {"tinyint": 1, "smallint": 2, "mediumint": 3, "int": 4, "bigint": 5}
 _TEXT_RANK = {"tinytext": 1, "text": 2, "mediumtext": 3, "longtext": 4}
@@ -39,6 +42,13 @@ class Column:
     nullable: bool
     charset: str | None
     collation: str | None
+    generated: bool = False  # VIRTUAL/STORED generated: created in the target, never loaded
+
+    def describe(self) -> str:
+        """The type as a message shows it, with the character set and collation when it has them."""
+        if self.charset is None:
+            return self.column_type
+        return f"{self.column_type} CHARACTER SET {self.charset} COLLATE {self.collation}"
 
     @property
     def is_binary(self) -> bool:
@@ -63,6 +73,12 @@ class TableDefinition:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def loaded_columns(self) -> list[Column]:
+        """The columns whose values are extracted and loaded: all but generated ones, which
+        each server computes itself (writing them fails with error 1906)."""
+        return [c for c in self.columns if not c.generated]
+
     def column(self, name: str) -> Column | None:
         for col in self.columns:
             if col.name.lower() == name.lower():
@@ -78,6 +94,11 @@ class SchemaChanges:
     added: list[str] = field(default_factory=list)
     widened: list[str] = field(default_factory=list)
     kept_dropped: list[str] = field(default_factory=list)
+    dropped_unique_keys: list[str] = field(default_factory=list)
+    # ``ADD UNIQUE KEY`` clauses to apply once this cycle's rows are in (see add_unique_keys).
+    unique_keys_to_add: list[str] = field(default_factory=list)
+    # Added columns that hold stored values (not generated): rows outside the window have them too.
+    needs_backfill: bool = False
 
     @property
     def changed(self) -> bool:
@@ -87,7 +108,7 @@ class SchemaChanges:
 def fetch_columns(conn: Connection, table: str) -> list[Column]:
     """Columns of ``table`` in the connection's current database, in ordinal order."""
     rows = conn.exec_driver_sql(
-        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME "
+        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME, EXTRA "
         "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
         "ORDER BY ORDINAL_POSITION",
         (table,),
@@ -100,9 +121,20 @@ def fetch_columns(conn: Connection, table: str) -> list[Column]:
             nullable=r[3] == "YES",
             charset=r[4],
             collation=r[5],
+            generated=is_generated_extra(r[6]),
         )
         for r in rows
     ]
+
+
+def is_generated_extra(extra: object) -> bool:
+    """Whether information_schema.COLUMNS.EXTRA marks a generated column.
+
+    Both flavors say ``VIRTUAL GENERATED`` / ``STORED GENERATED``; MySQL 8's ``DEFAULT_GENERATED``
+    (an expression default such as ``DEFAULT CURRENT_TIMESTAMP``) is an ordinary column.
+    """
+    words = str(extra or "").upper().split()
+    return "GENERATED" in words and ("VIRTUAL" in words or "STORED" in words or "PERSISTENT" in words)
 
 
 def table_exists(conn: Connection, table: str) -> bool:
@@ -136,13 +168,19 @@ def describe_table(conn: Connection, table: str) -> TableDefinition:
 
 
 def target_create_sql(create_sql: str, name: str) -> str:
-    """Turn the source's ``SHOW CREATE TABLE`` into the target's: no foreign keys, no counter."""
+    """Turn the source's ``SHOW CREATE TABLE`` into the target's: no foreign keys, no counter.
+
+    The definitions (columns, keys, checks) are the indented lines up to the line that closes
+    them (``) ENGINE=...``); everything from there on -- table options and a partitioning
+    clause of any length -- is kept as the source prints it, minus ``AUTO_INCREMENT=n``.
+    """
     lines = create_sql.splitlines()
-    body = [line for line in lines[1:-1] if not _FOREIGN_KEY_LINE.match(line)]
+    close = next((i for i in range(1, len(lines)) if lines[i].startswith(")")), len(lines) - 1)
+    body = [line for line in lines[1:close] if not _FOREIGN_KEY_LINE.match(line)]
     if body:
         body[-1] = body[-1].rstrip().rstrip(",")
-    tail = re.sub(r"\s+AUTO_INCREMENT=\d+", "", lines[-1])
-    return "\n".join([f"CREATE TABLE {q(name)} (", *body, tail])
+    options = re.sub(r"\s+AUTO_INCREMENT=\d+", "", lines[close])
+    return "\n".join([f"CREATE TABLE {q(name)} (", *body, options, *lines[close + 1 :]])
 
 
 def create_table_like_source(target: Connection, source_def: TableDefinition, name: str | None = None) -> None:
@@ -173,8 +211,17 @@ def normalized_type(column_type: str) -> str:
 
 
 def same_type(old: Column, new: Column) -> bool:
-    """Whether the two columns hold exactly the same values (type and character set)."""
-    return normalized_type(old.column_type) == normalized_type(new.column_type) and old.charset == new.charset
+    """Whether the two columns hold and compare values alike (type, character set and collation).
+
+    The collation matters beyond sorting: a unique key on a case-insensitive column treats
+    'a' and 'A' as one value, so a target that kept the old collation would merge rows the
+    source keeps apart.
+    """
+    return (
+        normalized_type(old.column_type) == normalized_type(new.column_type)
+        and old.charset == new.charset
+        and old.collation == new.collation
+    )
 
 
 def _has_non_null_default(definition: str) -> bool:
@@ -188,7 +235,7 @@ def is_widening(old: Column, new: Column) -> bool:
     # utf8mb4 holds every character of every other character set; anything else must stay the same.
     charset_ok = old.charset == new.charset or new.charset == "utf8mb4"
     if normalized_type(old.column_type) == normalized_type(new.column_type):
-        return charset_ok
+        return charset_ok  # also a collation change within a character set: the bytes stay
     o_base, o_args, o_uns = _parse_type(old.column_type)
     n_base, n_args, n_uns = _parse_type(new.column_type)
     if o_base in _INTEGER_RANK and n_base in _INTEGER_RANK:
@@ -212,7 +259,9 @@ def is_widening(old: Column, new: Column) -> bool:
     if o_base == n_base and o_base in {"datetime", "timestamp", "time"}:
         return int((n_args or ["0"])[0]) >= int((o_args or ["0"])[0])
     if o_base == n_base and o_base in {"enum", "set"} and charset_ok:
-        return n_args[: len(o_args)] == o_args  # values appended at the end keep their indexes
+        # The server maps stored values by name when the member list changes, so every existing
+        # member kept (anywhere in the list) loses nothing; a removed one would.
+        return set(o_args) <= set(n_args)
     if o_base == n_base == "bit":
         return int(n_args[0]) >= int(o_args[0])
     return False
@@ -245,11 +294,12 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
             position = f"AFTER {q(previous)}" if previous else "FIRST"
             alters.append(f"ADD COLUMN {q(col.name)} {definition} {position}")
             changes.added.append(col.name)
+            changes.needs_backfill = changes.needs_backfill or not col.generated
         elif not same_type(existing, col):
             if not is_widening(existing, col):
                 raise SchemaError(
-                    f"table {table!r} column {col.name!r} changed in the source from {existing.column_type} "
-                    f"to {col.column_type}, which could lose target data; alter the target column by hand "
+                    f"table {table!r} column {col.name!r} changed in the source from {existing.describe()} "
+                    f"to {col.describe()}, which could lose target data; alter the target column by hand "
                     f"(ALTER TABLE {table} MODIFY {col.name} ...) or drop the target table to reload it"
                 )
             alters.append(f"MODIFY COLUMN {q(col.name)} {definition}")
@@ -287,9 +337,36 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
     if null_defaults:
         # A separate statement: MariaDB refuses MODIFY and ALTER COLUMN of one column in one ALTER.
         target.exec_driver_sql(f"ALTER TABLE {q(table)} " + ", ".join(null_defaults))
+    drops, changes.unique_keys_to_add = unique_key_changes(source, target, table)
+    if drops:
+        # Before any row loads: a stale unique key would make the upsert overwrite another row.
+        target.exec_driver_sql(f"ALTER TABLE {q(table)} " + ", ".join(f"DROP INDEX {q(name)}" for name in drops))
+        changes.dropped_unique_keys = drops
+        logger.info("SCHEMA_SYNC - UNIQUE_KEYS - %s: dropped unique key(s) %s the source no longer has", table, drops)
     return source_def, changes
 
 
-def key_columns_exist(source_def: TableDefinition, names: Any) -> list[str]:
-    """The names among ``names`` that are not columns of the source table."""
-    return [n for n in names if source_def.column(n) is None]
+def add_unique_keys(target: Connection, table: str, clauses: list[str]) -> bool:
+    """Add the unique keys the source gained (after the cycle's rows loaded); True when added.
+
+    A duplicate (1062) means the target still holds values the source no longer has -- typically
+    rows deleted in the source that ``deletes: ignore`` keeps. That is logged, not fatal: the keys
+    are tried again at the next full schema check, and upserts stay exact without them.
+    """
+    if not clauses:
+        return True
+    try:
+        target.exec_driver_sql(f"ALTER TABLE {q(table)} " + ", ".join(clauses))
+    except DBAPIError as exc:
+        if mysql_error_code(exc) not in DUPLICATE_KEY_CODES:
+            raise
+        logger.warning(
+            "SCHEMA_SYNC - UNIQUE_KEYS - %s: cannot add the source's unique key(s) yet (%s): the target holds "
+            "duplicate values the source no longer has (rows deleted there are kept with deletes: ignore); "
+            "retried at the next schema check",
+            table, describe_error(exc),
+        )  # fmt: skip
+        return False
+    logger.info("SCHEMA_SYNC - UNIQUE_KEYS - %s: added %s", table, ", ".join(clauses))
+    return True
+

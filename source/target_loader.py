@@ -30,7 +30,7 @@ import pyarrow as pa
 from sqlalchemy import exc as sa_exc
 
 from config import SanitizePolicy, Settings
-from data_processing import encode_tsv_buffer, load_expression, rows_as_parameters
+from data_processing import comparable_expression, encode_tsv_buffer, load_expression, rows_as_parameters
 from database import Engines
 from database import quote_identifier as q
 from error_handling import (
@@ -97,6 +97,10 @@ class TargetLoader:
         self.persistent_stage = persistent_stage
         self._stages_created: set[str] = set()
         self._counter_lock = threading.Lock()  # chunks may commit from two loader threads
+        # Keys of target rows removed because a staged row took over one of their unique values
+        # (see _remove_colliding_rows); the caller re-copies their current version from the source.
+        self.displaced_keys: list[tuple[Any, ...]] = []
+        self._other_unique: dict[str, list[list[tuple[str, int | None]]]] = {}
 
     def load(
         self,
@@ -222,7 +226,7 @@ class TargetLoader:
                     if into_empty and self.path == "load_data" and not plan.needs_stage(chunk):
                         self._load_data_direct(cursor, table, columns, chunk)
                     else:
-                        sanitized = self._upsert_via_stage(cursor, table, columns, key, chunk, plan)
+                        sanitized = self._upsert_via_stage(cursor, table, columns, key, chunk, plan, into_empty)
                     raw.commit()
                     cursor.execute("SET SESSION max_statement_time=0")
                     with self._counter_lock:
@@ -282,7 +286,8 @@ class TargetLoader:
         self._load_data(cursor, table, variables, f" SET {assignments}", encode_tsv_buffer(chunk))
 
     def _upsert_via_stage(
-        self, cursor: Any, table: str, columns: Sequence[Column], key: Sequence[str], chunk: pa.Table, plan: LoadPlan
+        self, cursor: Any, table: str, columns: Sequence[Column], key: Sequence[str], chunk: pa.Table, plan: LoadPlan,
+        into_empty: bool = False,
     ) -> dict[str, int]:
         """Stage ``chunk`` as raw bytes, then upsert it with the plan's value expressions.
 
@@ -315,6 +320,8 @@ class TargetLoader:
             cursor.execute(count_sql)
             counts = plan.counts(cursor.fetchone())
             plan.refuse(counts)
+        if not into_empty:
+            self._remove_colliding_rows(cursor, table, columns, key, stage)
         names = ", ".join(q(c.name) for c in columns)
         values = ", ".join(plan.value_expressions([f"c{i}" for i in range(len(columns))]))
         keyset = {k.lower() for k in key}
@@ -328,6 +335,54 @@ class TargetLoader:
             cursor.execute(statement)
         cursor.execute(f"DELETE FROM {q(stage)}" if self.persistent_stage else f"DROP TEMPORARY TABLE {q(stage)}")
         return counts
+
+
+    def _other_unique_keys(self, cursor: Any, table: str, key: Sequence[str]) -> list[list[tuple[str, int | None]]]:
+        """The target's unique indexes other than the merge key, as (column, prefix) lists (read once per load)."""
+        if table not in self._other_unique:
+            cursor.execute(
+                "SELECT INDEX_NAME, COLUMN_NAME, SUB_PART FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                "AND TABLE_NAME = %s AND NON_UNIQUE = 0 ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                (table,),
+            )
+            found: dict[str, list[tuple[str, int | None]]] = {}
+            for name, column, sub_part in cursor.fetchall():
+                found.setdefault(name, []).append((column, int(sub_part) if sub_part is not None else None))
+            merge = {k.lower() for k in key}
+            self._other_unique[table] = [parts for parts in found.values() if {c.lower() for c, _ in parts} != merge]
+        return self._other_unique[table]
+
+    def _remove_colliding_rows(self, cursor: Any, table: str, columns: Sequence[Column], key: Sequence[str], stage: str) -> None:
+        """Delete the target rows that hold a staged row's value of another unique key under a different merge key.
+
+        ``ON DUPLICATE KEY UPDATE`` fires on any unique key: left in place, such a row (its value
+        moved to another row in the source, or the two rows swapped values) would be overwritten
+        with the staged row's values, or the upsert would fail with 1062 every cycle. The source
+        cannot hold both, so the target row is stale: it is removed in this chunk's transaction and
+        its key recorded in :attr:`displaced_keys` for the caller to re-copy from the source.
+        """
+        staged = {c.name.lower(): comparable_expression(c, f"s.c{i}") for i, c in enumerate(columns)}
+        same_row = " AND ".join(f"t.{q(k)} = {staged[k.lower()]}" for k in key)
+        for parts in self._other_unique_keys(cursor, table, key):
+            if any(column.lower() not in staged for column, _ in parts):
+                continue  # a unique key over a generated column: not staged, computed by the target
+            on = " AND ".join(
+                f"LEFT(t.{q(column)}, {sub}) = LEFT({staged[column.lower()]}, {sub})" if sub
+                else f"t.{q(column)} = {staged[column.lower()]}"
+                for column, sub in parts
+            )
+            join = f"{q(table)} AS t JOIN {q(stage)} AS s ON {on} WHERE NOT ({same_row})"
+            cursor.execute(f"SELECT {', '.join(f't.{q(k)}' for k in key)} FROM {join}")
+            displaced = [tuple(row) for row in cursor.fetchall()]
+            if not displaced:
+                continue
+            cursor.execute(f"DELETE t FROM {join}")
+            logger.info(
+                "LOADER - UNIQUE_KEYS - %s: %d target row(s) held unique values the source has moved to other rows; "
+                "removed, their current version is re-copied", self.label or table, len(displaced),
+            )  # fmt: skip
+            with self._counter_lock:
+                self.displaced_keys.extend(displaced)
 
 
 def temporary_tables_allowed(engine: Any) -> bool:

@@ -44,7 +44,7 @@ from chunk_compare import (
 from config import SanitizePolicy, Settings, TableSpec
 from data_processing import select_list
 from database import Engines, server_allows_local_infile
-from error_handling import SchemaError, ShutdownRequested, call_with_retries, describe_error, retry_kwargs
+from error_handling import SchemaError, ShutdownRequested, SyncError, call_with_retries, describe_error, retry_kwargs
 from schema_management import Column, TableDefinition, describe_table, ensure_target_table, table_exists
 from target_loader import LoadPath, TargetLoader
 
@@ -57,6 +57,7 @@ REPAIR_FRACTION = 0.1  # full refresh: repair by chunks below this share of diff
 DELETE_BATCH = 500  # keys per DELETE transaction
 EXISTS_BATCH = 200  # keys per source re-check
 FETCH_BATCH = 1_000  # keys per source SELECT when re-copying rows
+MAX_DISPLACEMENT_ROUNDS = 5  # re-copies of rows displaced by unique values that moved between rows
 
 
 def _batched(items: Sequence[Key], size: int) -> Iterator[Sequence[Key]]:
@@ -131,12 +132,13 @@ def _arrow(columns: Sequence[Column], rows: Sequence[tuple[Any, ...]]) -> pa.Tab
 
 def source_rows(engines: Engines, source_def: TableDefinition, key: Sequence[str], keys: Sequence[Key]) -> Iterator[pa.Table]:
     """The source rows with ``keys`` in the exact projection of ``select_list``, batch by batch."""
-    projection = select_list(source_def.columns).replace("%", "%%")
+    columns = source_def.loaded_columns
+    projection = select_list(columns).replace("%", "%%")
     for batch in _batched(keys, FETCH_BATCH):
         where, params = key_condition(key, batch)
         with engines.source.connect() as conn:
             rows = execute(conn, f"SELECT {projection} FROM {qi(source_def.name)} WHERE {where}", params).fetchall()
-        yield _arrow(source_def.columns, rows)
+        yield _arrow(columns, rows)
 
 
 def copy_rows(
@@ -145,11 +147,20 @@ def copy_rows(
 ) -> int:
     """Upsert the source's current version of the rows with ``keys`` into the target (under the
     table's sanitization policy ``sanitize``, as a sync would)."""
-    if not keys:
-        return 0
-    loader = TargetLoader(engines, settings, stop_event, load_path, sanitize=sanitize, label=source_def.name)
-    batches = source_rows(engines, source_def, key, keys)
-    return loader.load(source_def.name, source_def.columns, tuple(key), batches, into_empty=False, chunk_rows=settings.chunk_size)
+    copied = 0
+    for _round in range(MAX_DISPLACEMENT_ROUNDS):
+        if not keys:
+            return copied
+        loader = TargetLoader(engines, settings, stop_event, load_path, sanitize=sanitize, label=source_def.name)
+        batches = source_rows(engines, source_def, key, keys)
+        copied += loader.load(source_def.name, source_def.loaded_columns, tuple(key), batches, into_empty=False,
+                              chunk_rows=settings.chunk_size)
+        # Rows whose stale unique values blocked these copies were removed; bring their current version.
+        keys = loader.displaced_keys
+    raise SyncError(
+        f"table {source_def.name!r}: unique values kept moving between rows while re-copying them "
+        f"({len(keys)} row(s) still displaced after {MAX_DISPLACEMENT_ROUNDS} rounds); the next cycle tries again"
+    )
 
 
 def repair_differences(

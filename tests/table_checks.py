@@ -6,6 +6,7 @@ from typing import Any
 
 from mariadb_server import MariaDBServer
 
+LONG_TEXT_TYPES = {"tinytext", "text", "mediumtext", "longtext", "json"}
 BINARY_TYPES = {
     "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "geometry", "point",
     "linestring", "polygon", "multipoint", "multilinestring", "multipolygon", "geometrycollection", "bit",
@@ -24,8 +25,9 @@ def column_types(server: MariaDBServer, db: str, table: str) -> list[tuple[Any, 
 def exact_text(name: str, data_type: str) -> str:
     """An SQL expression giving the exact, time-zone-free text form of a column."""
     col = f"`{name}`"
-    if data_type in BINARY_TYPES:
-        return f"HEX({col})"
+    if data_type in BINARY_TYPES or data_type in LONG_TEXT_TYPES:
+        # SHA1 of the value: HEX() of a value over half of max_allowed_packet is NULL (blind).
+        return f"CONCAT(LENGTH({col}), ':', SHA1({col}))"
     if data_type == "float":
         return f"CAST({col} AS DOUBLE)"
     if data_type == "timestamp":

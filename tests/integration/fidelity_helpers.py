@@ -76,7 +76,8 @@ def exact_expression(name: str, data_type: str) -> str:
     """A SQL expression whose text is exact for a column of ``data_type``, whatever the session time zone."""
     col = f"`{name}`"
     if data_type in _BINARY_TYPES or data_type in _GEOMETRY_TYPES:
-        return f"HEX({col})"
+        # Long values by digest: HEX() of a value over half of max_allowed_packet is NULL (blind).
+        return f"IF(LENGTH({col}) > 65536, CONCAT('sha1:', SHA1({col})), HEX({col}))"
     if data_type == "float":
         return f"CAST({col} AS DOUBLE)"
     if data_type == "bit":
@@ -86,7 +87,7 @@ def exact_expression(name: str, data_type: str) -> str:
     if data_type in {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}:
         # Byte-exact in the column's own character set, plus the enum/set index.
         extra = f", '#', {col} + 0" if data_type in {"enum", "set"} else ""
-        return f"CONCAT(HEX({col}){extra})"
+        return f"CONCAT(IF(LENGTH({col}) > 65536, CONCAT('sha1:', SHA1({col})), HEX({col})){extra})"
     return f"CAST({col} AS CHAR)"
 
 

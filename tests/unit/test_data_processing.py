@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from data_processing import (
+    comparable_expression,
     encode_tsv,
     enum_error_value_placeholder,
     enum_members,
@@ -160,3 +161,21 @@ def test_enum_error_value_handling() -> None:
     assert not has_enum_error_value(col("s", "set", "set('a')", charset="utf8mb4"))
     assert enum_error_value_placeholder(nullable) == "NULL"
     assert enum_error_value_placeholder(not_null) == "'it''s'"
+
+
+@pytest.mark.parametrize(
+    ("column", "expression"),
+    [
+        (col("n", "int", "int(11)"), "CAST(s.c0 AS SIGNED)"),
+        (col("n", "bigint", "bigint(20) unsigned"), "CAST(s.c0 AS UNSIGNED)"),
+        (col("d", "decimal", "decimal(12,2) unsigned"), "CAST(s.c0 AS DECIMAL(12,2))"),
+        (col("t", "datetime", "datetime(6)"), "CAST(s.c0 AS DATETIME(6))"),
+        (col("t", "datetime", "datetime"), "CAST(s.c0 AS DATETIME)"),
+        (col("d", "date"), "CAST(s.c0 AS DATE)"),
+        (col("b", "varbinary", "varbinary(16)"), "s.c0"),
+        (Column("e", "varchar", "varchar(9)", False, "latin1", "latin1_general_ci"),
+         "CONVERT(CONVERT(s.c0 USING utf8mb4) USING latin1) COLLATE latin1_general_ci"),
+    ],
+)
+def test_comparable_expression_is_typed_like_the_column(column: Column, expression: str) -> None:
+    assert comparable_expression(column, "s.c0") == expression

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from schema_management import Column, column_definitions, is_widening, normalized_type, same_type, target_create_sql
+from schema_management import (
+    Column,
+    TableDefinition,
+    column_definitions,
+    is_generated_extra,
+    is_widening,
+    normalized_type,
+    same_type,
+    target_create_sql,
+)
 
 
 def c(column_type: str, charset: str | None = None) -> Column:
@@ -63,9 +72,11 @@ UTF8 = "utf8mb4"
         (c("time(6)"), c("time"), False),
         (c("date"), c("datetime"), False),
         (c("datetime"), c("timestamp"), False),
-        # enum / set: appended values keep every index
+        # enum / set: every existing member kept, anywhere in the list (the server maps values by name)
         (c("enum('a','b')", UTF8), c("enum('a','b','c')", UTF8), True),
-        (c("enum('a','b')", UTF8), c("enum('b','a')", UTF8), False),
+        (c("enum('a','c')", UTF8), c("enum('a','b','c')", UTF8), True),
+        (c("set('x','z')", UTF8), c("set('x','y','z')", UTF8), True),
+        (c("enum('a','b')", UTF8), c("enum('b','a')", UTF8), True),
         (c("enum('a','b')", UTF8), c("enum('a')", UTF8), False),
         (c("enum('A','b')", UTF8), c("enum('a','b','c')", UTF8), False),
         (c("set('x','y')", UTF8), c("set('x','y','z')", UTF8), True),
@@ -138,3 +149,64 @@ def test_column_definitions() -> None:
     assert definitions["doc"] == "longtext CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL CHECK (json_valid(`doc`))"
     assert definitions["total"] == "decimal(10,2) NOT NULL DEFAULT 0.00 COMMENT 'sum, with tax'"
     assert definitions["updated_at"].endswith("ON UPDATE current_timestamp(6)")
+
+
+RANGE_DDL = """CREATE TABLE `p1` (
+  `id` int(11) NOT NULL AUTO_INCREMENT,
+  `d` date NOT NULL,
+  PRIMARY KEY (`id`,`d`)
+) ENGINE=InnoDB AUTO_INCREMENT=3 DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci
+ PARTITION BY RANGE (year(`d`))
+(PARTITION `p0` VALUES LESS THAN (2020) ENGINE = InnoDB,
+ PARTITION `p1` VALUES LESS THAN MAXVALUE ENGINE = InnoDB)"""
+
+HASH_DDL = """CREATE TABLE `p2` (
+  `id` int(11) NOT NULL AUTO_INCREMENT,
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB AUTO_INCREMENT=2 DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci
+ PARTITION BY HASH (`id`)
+PARTITIONS 4"""
+
+
+def test_target_create_sql_keeps_partition_clauses_whole() -> None:
+    sql = target_create_sql(RANGE_DDL, "p1")
+    assert "  PRIMARY KEY (`id`,`d`)\n) ENGINE=InnoDB DEFAULT CHARSET" in sql  # the comma between partitions stays
+    assert sql.endswith(
+        " PARTITION BY RANGE (year(`d`))\n(PARTITION `p0` VALUES LESS THAN (2020) ENGINE = InnoDB,\n"
+        " PARTITION `p1` VALUES LESS THAN MAXVALUE ENGINE = InnoDB)"
+    )
+    assert "AUTO_INCREMENT=" not in sql
+
+
+def test_target_create_sql_strips_the_counter_before_a_hash_partition_clause() -> None:
+    sql = target_create_sql(HASH_DDL, "p2")
+    assert "AUTO_INCREMENT=" not in sql
+    assert sql.endswith("COLLATE=utf8mb4_general_ci\n PARTITION BY HASH (`id`)\nPARTITIONS 4")
+
+
+@pytest.mark.parametrize(
+    ("extra", "generated"),
+    [("VIRTUAL GENERATED", True), ("STORED GENERATED", True), ("DEFAULT_GENERATED", False),
+     ("DEFAULT_GENERATED on update CURRENT_TIMESTAMP", False), ("auto_increment", False), ("", False), (None, False)],
+)
+def test_is_generated_extra(extra: str | None, generated: bool) -> None:
+    assert is_generated_extra(extra) is generated
+
+
+def test_column_describe_names_charset_and_collation() -> None:
+    assert Column("v", "varchar", "varchar(20)", True, "latin1", "latin1_swedish_ci").describe() == (
+        "varchar(20) CHARACTER SET latin1 COLLATE latin1_swedish_ci"
+    )
+    assert c("int(11)").describe() == "int(11)"
+
+
+def test_same_type_sees_a_collation_change() -> None:
+    ci = Column("e", "varchar", "varchar(9)", False, "utf8mb4", "utf8mb4_general_ci")
+    binary = Column("e", "varchar", "varchar(9)", False, "utf8mb4", "utf8mb4_bin")
+    assert not same_type(ci, binary)
+    assert is_widening(ci, binary)  # the bytes stay; only comparison changes
+
+
+def test_loaded_columns_leave_out_generated_ones() -> None:
+    table = TableDefinition("t", [c("int"), Column("g", "int", "int(11)", True, None, None, generated=True)], "")
+    assert [col.name for col in table.loaded_columns] == ["x"]
