@@ -287,6 +287,7 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
     target_cols = {c.name.lower(): c for c in fetch_columns(target, table)}
     alters: list[str] = []
     previous: str | None = None
+    target_def: TableDefinition | None = None
     for col in source_def.columns:
         existing = target_cols.get(col.name.lower())
         definition = source_def.definitions[col.name]
@@ -307,9 +308,15 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
         elif existing.nullable is False and col.nullable:
             alters.append(f"MODIFY COLUMN {q(col.name)} {definition}")
             changes.widened.append(f"{col.name}: NOT NULL -> NULL")
+        elif col.generated or existing.generated:
+            # A generated column's values follow its expression: a changed expression (or a column
+            # that became or stopped being generated) takes the source's definition as it is.
+            target_def = target_def or describe_table(target, table)
+            if target_def.definitions.get(existing.name) != definition:
+                alters.append(f"MODIFY COLUMN {q(col.name)} {definition}")
+                changes.widened.append(f"{col.name}: generated as in the source")
         previous = col.name
     source_names = {c.name.lower() for c in source_def.columns}
-    target_def = None
     null_defaults: list[str] = []
     for name, existing in target_cols.items():
         if name in source_names:

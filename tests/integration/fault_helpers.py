@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,3 +111,27 @@ def assert_identical(source: MariaDBServer, source_db: str, target: MariaDBServe
     actual = table_digest(target, target_db, table, columns)
     assert actual == expected, f"{table}: target {actual} != source {expected}"
     return expected[0]
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def lock_waits(server: MariaDBServer) -> int:
+    """Sessions currently blocked on a row lock on ``server``.
+
+    INNODB_TRX's ``LOCK WAIT`` state is refreshed lazily and was missed under load, so a write
+    statement of the daemon that has run for a while (it can only be waiting) counts too.
+    """
+    trx = server.scalar("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'")
+    writes = server.scalar(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Query' AND TIME_MS > 200 "
+        "AND (INFO LIKE 'INSERT INTO `t0`%' OR INFO LIKE 'LOAD DATA%')"
+    )
+    return int(trx or 0) + int(writes or 0)

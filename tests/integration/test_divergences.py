@@ -252,6 +252,10 @@ def test_generated_columns_are_created_but_never_loaded(sync_env: SyncEnv, mode:
     env.src("UPDATE calc SET a = a + 1000, updated_at = NOW(6) WHERE id <= 10")
     _ok(env, tables, PIPELINE_MODE=mode)
     _same(env, "calc")
+    # A changed expression: the target's column follows (its values are computed, not loaded).
+    env.src("ALTER TABLE calc MODIFY v INT AS (a * 3) VIRTUAL")
+    _ok(env, tables, PIPELINE_MODE=mode)
+    _same(env, "calc")
 
 
 # ----------------------------------------------------------------------------- item 8

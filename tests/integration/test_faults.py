@@ -21,7 +21,15 @@ from typing import Any
 
 import pymysql
 import pytest
-from fault_helpers import assert_identical, create_big_table, row_locks_held, run_daemon, start_daemon
+from fault_helpers import (
+    assert_identical,
+    create_big_table,
+    lock_waits,
+    row_locks_held,
+    run_daemon,
+    start_daemon,
+    wait_for,
+)
 
 from conftest import ServerFactory, SyncEnv
 from mariadb_server import MariaDBServer, free_port
@@ -35,16 +43,6 @@ BIG = {"table": "big", "primary_key": "id", "modifier": "updated_at"}
 
 def identical(env: SyncEnv, table: str, target: MariaDBServer | None = None, target_db: str | None = None) -> int:
     return assert_identical(env.source, env.source_db, target or env.target, target_db or env.target_db, table)
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def target_count(server: MariaDBServer, db: str, table: str) -> int:
@@ -150,20 +148,6 @@ def test_silent_host_fails_within_the_connect_timeout(sync_env: SyncEnv) -> None
 
 
 # ----------------------------------------------------------------------------- locks
-
-
-def lock_waits(server: MariaDBServer) -> int:
-    """Sessions currently blocked on a row lock on ``server``.
-
-    INNODB_TRX's ``LOCK WAIT`` state is refreshed lazily and was missed under load, so a write
-    statement of the daemon that has run for a while (it can only be waiting) counts too.
-    """
-    trx = server.scalar("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'")
-    writes = server.scalar(
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Query' AND TIME_MS > 200 "
-        "AND (INFO LIKE 'INSERT INTO `t0`%' OR INFO LIKE 'LOAD DATA%')"
-    )
-    return int(trx or 0) + int(writes or 0)
 
 
 def test_locked_rows_are_retried_until_released(sync_env: SyncEnv) -> None:

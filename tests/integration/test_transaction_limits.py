@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from fault_helpers import row_locks_held, run_daemon
+from fault_helpers import lock_waits, row_locks_held, run_daemon, start_daemon, wait_for
 from test_faults import identical, small_tables
 
 import config
@@ -25,14 +25,17 @@ def test_transaction_timeout_interrupts_a_blocked_load_which_is_retried(sync_env
     assert run_daemon(env, "--once", cwd=sync_env.workdir).returncode == 0
     sync_env.src("UPDATE t0 SET v = CONCAT(v, '?'), updated_at = updated_at + INTERVAL 1 DAY WHERE id <= 50")
     with row_locks_held(sync_env.target, sync_env.target_db, "SELECT * FROM t0 WHERE id <= 50 FOR UPDATE") as locker:
+        daemon = start_daemon(env, "--once", cwd=sync_env.workdir)
+        # Released 4 s after the daemon is seen blocked (a slow start under load must not release it first).
+        wait_for(lambda: lock_waits(sync_env.target), 60, "the daemon to wait for the locked rows")
+        started = time.monotonic()
         release = threading.Timer(4.0, locker.commit)
         release.start()
-        started = time.monotonic()
-        result = run_daemon(env, "--once", cwd=sync_env.workdir)
+        out, _ = daemon.communicate(timeout=120)
         release.join()
-    assert result.returncode == 0, result.stdout
+    assert daemon.returncode == 0, out
     # Each attempt ended after about 1 s (not the 30 s lock wait) with MariaDB's statement-time error.
-    assert re.search(r"RETRY - loading \d+ rows into t0 failed .*MySQL error 1969", result.stdout), result.stdout
+    assert re.search(r"RETRY - loading \d+ rows into t0 failed .*MySQL error 1969", out), out
     assert time.monotonic() - started < 25
     identical(sync_env, "t0")
 
