@@ -76,11 +76,14 @@ class StopSignal:
 def run_cycle(syncer: TableSyncer, specs: Sequence[TableSpec], status: SyncStatus, cycle: int) -> bool:
     """One cycle over all tables; True when every table synced."""
     started = time.monotonic()
+    status.cycle_started()
     results = syncer.run_cycle(specs)
     ok = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
     all_ok = not failed
     status.cycle_finished(all_ok)
+    if syncer.metrics is not None:
+        syncer.metrics.observe_cycle(time.monotonic() - started)
     logger.info(
         "SYNC_ENGINE - CYCLE - %s",
         format_cycle_summary(cycle, len(ok), len(failed), sum(r.rows for r in results), time.monotonic() - started),

@@ -2,8 +2,9 @@
 
 The sync loop (writer) reports what happens through :class:`SyncStatus`'s methods; readers take
 :meth:`SyncStatus.snapshot`. All access goes through one short-held lock. The HTTP handlers
-(``GET /`` health JSON, ``GET /metrics``) only read that snapshot, the pools' in-memory counters
-and cached values; they never query a database and never walk the staging directory.
+(``GET /`` health JSON, ``GET /status`` HTML page, ``GET /metrics``) only read that snapshot, the
+pools' in-memory counters and cached values; they never query a database and never walk the
+staging directory.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+import status_page
 from config import Settings
 from database import Engines, pool_status
 from error_handling import ConfigError
@@ -33,6 +36,8 @@ logger = logging.getLogger("dlt_sync.monitoring")
 VERSION = "1.0.0"
 POOL_WARNING_PERCENT = 80.0
 ROLES = ("source", "target")
+# Table syncs remembered per table for the status page's sparklines (in memory only).
+HISTORY_LENGTH = 50
 EnginesProvider = Callable[[], Engines | None]
 
 
@@ -62,6 +67,16 @@ class TableStatus:
     current_as_of: datetime | None = None
 
 
+@dataclass(frozen=True)
+class SyncSample:
+    """One finished sync attempt of a table, kept for the status page's history."""
+
+    finished: datetime
+    seconds: float
+    rows: int
+    ok: bool
+
+
 class SyncStatus:
     """Lock-guarded state of the daemon."""
 
@@ -86,6 +101,16 @@ class SyncStatus:
         self.staging_usage_mb: float | None = None
         self.staging_files_count: int | None = None
         self.staging_measured_monotonic: float | None = None
+        self.started_at = datetime.now(UTC)
+        self.history: dict[str, deque[SyncSample]] = {}
+        self.cycle_started_at: datetime | None = None  # set while a cycle runs
+        self._cycle_started_monotonic: float | None = None
+        self.last_cycle_seconds: float | None = None
+
+    def _remember(self, table: str, seconds: float | None, rows: int, ok: bool) -> None:
+        """Append one sample to ``table``'s bounded history (caller holds the lock)."""
+        samples = self.history.setdefault(table, deque(maxlen=HISTORY_LENGTH))
+        samples.append(SyncSample(datetime.now(UTC), max(seconds or 0.0, 0.0), max(rows, 0), ok))
 
     def register_tables(self, specs: Any) -> None:
         """Create a status entry per configured table (``specs``: iterable of TableSpec)."""
@@ -134,10 +159,14 @@ class SyncStatus:
             status.mode = mode or status.mode
             status.sanitized = dict(sanitized or {})
             self.current_table = None
+            self._remember(table, seconds, rows, ok=True)
 
-    def table_failed(self, table: str, message: str, category: str = "other_errors") -> None:
+    def table_failed(
+        self, table: str, message: str, category: str = "other_errors", seconds: float | None = None
+    ) -> None:
         """A sync attempt of ``table`` failed with ``message`` (health ``error_summary`` ``category``)."""
         with self._lock:
+            self._remember(table, seconds, 0, ok=False)
             status = self.tables.setdefault(table, TableStatus(table=table))
             status.consecutive_failures += 1
             status.last_error = message
@@ -170,12 +199,22 @@ class SyncStatus:
             self.staging_files_count = files_count
             self.staging_measured_monotonic = time.monotonic()
 
+    def cycle_started(self) -> None:
+        """A cycle over all tables begins (shown as the current cycle until it finishes)."""
+        with self._lock:
+            self.cycle_started_at = datetime.now(UTC)
+            self._cycle_started_monotonic = time.monotonic()
+
     def cycle_finished(self, all_ok: bool) -> None:
         """A cycle over all tables ended; ``all_ok`` when every table succeeded."""
         with self._lock:
             self.cycles += 1
             if all_ok:
                 self.last_successful_sync = datetime.now(UTC)
+            if self._cycle_started_monotonic is not None:
+                self.last_cycle_seconds = time.monotonic() - self._cycle_started_monotonic
+            self.cycle_started_at = None
+            self._cycle_started_monotonic = None
 
     def snapshot(self) -> dict[str, Any]:
         """A consistent copy of the whole state for readers."""
@@ -197,6 +236,10 @@ class SyncStatus:
                     "files_count": self.staging_files_count,
                     "age_seconds": None if measured is None else now - measured,
                 },
+                "started_at": self.started_at,
+                "cycle_started_at": self.cycle_started_at,
+                "last_cycle_seconds": self.last_cycle_seconds,
+                "history": {name: list(samples) for name, samples in self.history.items()},
             }
 
 
@@ -334,7 +377,11 @@ DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600
 
 
 class _ScrapeTimeCollector:
-    """Gauges computed when Prometheus scrapes: pools, process, staging usage, per-table lag."""
+    """Gauges computed when Prometheus scrapes: pools, process, staging usage, per-table state.
+
+    The settings and timestamps among them exist for the alert rules (``monitoring/alerts.yml``):
+    they compare against the daemon's own ``INTERVAL`` and ``LAG_THRESHOLD_SECONDS``.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -347,6 +394,16 @@ class _ScrapeTimeCollector:
         ("cpu", "cpu_usage_percent", "CPU use of the daemon (100 = one core)", []),
         ("staging", "staging_directory_usage_mb", "Size of the file-staging directory in MB", []),
         ("lag", "table_lag_seconds", "Seconds since the table was last known to be in sync", ["table"]),
+        ("pool_use", "connection_pool_utilization_percent", "Checked-out share of pool size plus overflow",
+         ["database"]),
+        ("db_up", "database_up", "1 when the database was reachable at the last contact, 0 when not", ["database"]),
+        ("failures", "table_consecutive_failures", "Failed syncs of the table in a row (0 after a success)",
+         ["table"]),
+        ("last_cycle", "last_successful_cycle_timestamp_seconds",
+         "Unix time of the end of the last cycle in which every table synced", []),
+        ("started", "daemon_start_time_seconds", "Unix time the daemon started", []),
+        ("interval", "sync_interval_seconds", "INTERVAL: seconds from one cycle start to the next", []),
+        ("lag_threshold", "lag_threshold_seconds", "LAG_THRESHOLD_SECONDS (0: the lag check is off)", []),
     )
 
     def _families(self) -> dict[str, GaugeMetricFamily]:
@@ -364,26 +421,45 @@ class _ScrapeTimeCollector:
             if pool is not None:
                 families["pool_size"].add_metric([role], pool["pool_size"])
                 families["pool_out"].add_metric([role], pool["checked_out"])
+                families["pool_use"].add_metric([role], pool["utilization_percent"])
         try:
             families["memory"].add_metric([], metrics.sampler.memory_mb())
             families["cpu"].add_metric([], metrics.sampler.cpu_percent())
         except psutil.Error:
             logger.exception("METRICS - PROCESS - cannot read process statistics")
+        if metrics.settings is not None:
+            families["interval"].add_metric([], metrics.settings.interval)
+            families["lag_threshold"].add_metric([], metrics.settings.lag_threshold_seconds)
         if metrics.status is None:
             yield from families.values()
             return
         snapshot = metrics.status.snapshot()
+        self._add_state(families, snapshot)
+        if metrics.staging is not None:
+            metrics.staging.refresh_in_background_if_stale(snapshot["staging"]["age_seconds"])
+        yield from families.values()
+
+    @staticmethod
+    def _add_state(families: dict[str, GaugeMetricFamily], snapshot: Mapping[str, Any]) -> None:
+        """The samples read from a :meth:`SyncStatus.snapshot`."""
         usage = snapshot["staging"]["usage_mb"]
         if usage is not None:
             families["staging"].add_metric([], usage)
-        if metrics.staging is not None:
-            metrics.staging.refresh_in_background_if_stale(snapshot["staging"]["age_seconds"])
+        for role in ROLES:
+            state = snapshot["database_status"].get(role)
+            if state in ("connected", "disconnected"):  # "unknown" before the first contact: no sample
+                families["db_up"].add_metric([role], 1.0 if state == "connected" else 0.0)
+        families["started"].add_metric([], snapshot["started_at"].timestamp())
+        if snapshot["last_successful_sync"] is not None:
+            families["last_cycle"].add_metric([], snapshot["last_successful_sync"].timestamp())
         now = datetime.now(UTC)
         for name, table in sorted(snapshot["tables"].items()):
+            if not table.owned:
+                continue  # another replica syncs it: its staleness here must not raise alerts
+            families["failures"].add_metric([name], table.consecutive_failures)
             lag = table_lag_seconds(table, now)
             if lag is not None:
                 families["lag"].add_metric([name], lag)
-        yield from families.values()
 
 
 class Metrics:
@@ -398,6 +474,8 @@ class Metrics:
         self.status = status
         self.engines_provider: EnginesProvider = engines_provider or (lambda: None)
         self.staging = staging
+        # Set by the health server; exported so alert rules can compare against INTERVAL etc.
+        self.settings: Settings | None = None
         self.sampler = ProcessSampler()
         self.registry = CollectorRegistry(auto_describe=False)
         registry = self.registry
@@ -408,6 +486,9 @@ class Metrics:
         self.errors = Counter("sync_errors_total", "Failed table syncs", ["table", "category"], registry=registry)
         self.success_rate = Gauge(
             "table_sync_success_rate", "Share of successful syncs since start", ["table"], registry=registry
+        )
+        self.cycle_time = Histogram(
+            "cycle_duration_seconds", "Seconds of one cycle over all tables", buckets=DURATION_BUCKETS, registry=registry
         )
         self.batch_time = Histogram(
             "batch_processing_time",
@@ -451,6 +532,10 @@ class Metrics:
             rate = counts[0] / counts[1]
         self.success_rate.labels(table).set(rate)
 
+    def observe_cycle(self, seconds: float) -> None:
+        """One cycle over all tables took ``seconds``."""
+        self.cycle_time.observe(max(seconds, 0.0))
+
     def observe_batch(self, seconds: float) -> None:
         """One batch of tables took ``seconds``."""
         self.batch_time.observe(max(seconds, 0.0))
@@ -487,10 +572,17 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
-        """``/`` (or ``/health``): health JSON; ``/metrics``: Prometheus text; else 404."""
+        """``/`` (or ``/health``): health JSON; ``/status``: HTML page; ``/metrics``: Prometheus text; else 404.
+
+        ``/`` answers the HTML page too when the ``Accept`` header ranks HTML above JSON (a browser);
+        ``curl`` (``*/*``) and JSON clients keep getting JSON.
+        """
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
-            if path in ("/", "/health", "/healthz"):
+            if path == "/status" or (path == "/" and status_page.prefers_html(self.headers.get("Accept"))):
+                code, page = self.server.app.status_page()
+                self._send(code, "text/html; charset=utf-8", page.encode("utf-8"))
+            elif path in ("/", "/health", "/healthz"):
                 code, body = self.server.app.health()
                 self._send(code, "application/json", orjson.dumps(body, option=orjson.OPT_INDENT_2, default=str))
             elif path == "/metrics":
@@ -529,6 +621,8 @@ class HealthServer:
         self.metrics = metrics
         if metrics.staging is None:  # one monitor, so health and /metrics share its throttling
             metrics.staging = StagingMonitor(settings.file_staging_dir, status.set_staging_usage)
+        if metrics.settings is None:
+            metrics.settings = settings
         self.staging = metrics.staging
         self._httpd: _HealthHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -541,8 +635,27 @@ class HealthServer:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP code, body) of ``GET /``; reads only the snapshot and in-memory counters."""
+        return self._report(self._snapshot())
+
+    def status_page(self) -> tuple[int, str]:
+        """(HTTP code, HTML) of ``GET /status``: the health body plus each table's recent history."""
+        snapshot = self._snapshot()
+        code, body = self._report(snapshot)
+        page = status_page.render_status_page(
+            body,
+            snapshot["history"],
+            self.settings.lag_threshold_seconds,
+            cycle_started_at=snapshot["cycle_started_at"],
+            last_cycle_seconds=snapshot["last_cycle_seconds"],
+        )
+        return code, page
+
+    def _snapshot(self) -> dict[str, Any]:
         snapshot = self.status.snapshot()
         self.staging.refresh_in_background_if_stale(snapshot["staging"]["age_seconds"])
+        return snapshot
+
+    def _report(self, snapshot: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         performance: dict[str, Any] = {"memory_usage_mb": None, "cpu_usage_percent": None}
         try:
             performance = {
@@ -569,7 +682,10 @@ class HealthServer:
             target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="health-server", daemon=True
         )
         self._thread.start()
-        logger.info("HEALTH_CHECK - STARTUP - listening on http://%s:%d/ (metrics at /metrics)", host, self.port)
+        logger.info(
+            "HEALTH_CHECK - STARTUP - listening on http://%s:%d/ (status page at /status, metrics at /metrics)",
+            host, self.port,
+        )
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -343,7 +343,9 @@ class TableSyncer:
                 sanitized=result.sanitized,
             )
         else:
-            self.status.table_failed(spec.table, result.error or "failed", result.category or "other_errors")
+            self.status.table_failed(
+                spec.table, result.error or "failed", result.category or "other_errors", seconds=result.seconds
+            )
         if self.metrics is not None:
             self.metrics.observe_table(spec.table, result.seconds, result.rows, result.ok, result.category)
 
