@@ -33,7 +33,7 @@ td.late{background:#ffebe9;color:#c62828;font-weight:600}
 tr.failing td.failures{background:#ffebe9;color:#c62828;font-weight:600}
 tr.elsewhere{color:#8c959f}td.error{max-width:28rem;word-break:break-word;font-family:ui-monospace,monospace;
 font-size:.8rem}
-ul.reasons{margin:.3rem 0;padding-left:1.2rem}
+table.facts{width:auto;min-width:40%}ul.reasons{margin:.3rem 0;padding-left:1.2rem}
 svg.spark{display:block}svg.spark polyline{fill:none;stroke:#0969da;stroke-width:1.5}
 svg.spark circle.failed{fill:#c62828}
 .none{color:#8c959f}
@@ -205,7 +205,7 @@ def _cycle(body: Mapping[str, Any], cycle_started_at: datetime | None, last_cycl
         ("sync errors since start", _text(body.get("sync_errors"))),
         ("file staging", _text(staging_text)),
     ]
-    return "<h2>Cycle</h2><table><tbody>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items) + (
+    return '<h2>Cycle</h2><table class="facts"><tbody>' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items) + (
         "</tbody></table>"
     )
 
