@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit lint bench deps clean
+.PHONY: demo test unit lint bench deps tools clean
 
 $(STAMP): source/requirements.txt requirements-dev.txt
 	@command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || \
@@ -18,8 +18,16 @@ $(STAMP): source/requirements.txt requirements-dev.txt
 
 deps: $(STAMP)
 
+# Headless Chromium renders the status page and promtool checks the metrics and alert rules in the
+# tests; installed when missing (the tests skip, saying why, only when apt-get cannot install them).
+tools:
+	@{ command -v chromium >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || \
+	  { echo "installing chromium and prometheus (promtool) (apt-get)"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core prometheus >/dev/null || \
+	    echo "could not install chromium/prometheus: their tests will be skipped"; }
+
 ## Run the whole test suite (unit + integration on throwaway MariaDB servers).
-test: $(STAMP)
+test: $(STAMP) tools
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: $(STAMP)

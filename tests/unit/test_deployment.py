@@ -31,6 +31,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 GITLAB_CI = ROOT / ".gitlab-ci.yml"
 DEMO = ROOT / "demo"
 SERVICES = {"mysql_source", "mysql_target", "dlt_pipeline"}
+MONITORING_SERVICES = {"prometheus", "grafana"}  # profile `monitoring`, off by default
+OBSERVABILITY = ROOT / "observability"
 
 
 def is_compose_only(name: str) -> bool:
@@ -102,7 +104,7 @@ def dockerfile_args(keyword: str) -> list[str]:
 
 
 def test_compose_has_the_three_services(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == SERVICES
+    assert set(compose["services"]) - MONITORING_SERVICES == SERVICES
 
 
 @pytest.mark.parametrize("name", ["mysql_source", "mysql_target"])
@@ -431,6 +433,51 @@ def test_compose_config_validates(tmp_path: Path) -> None:
     shutil.copy(DEMO / "tables.json", tmp_path / "tables.json")
     result = subprocess.run([*command, "config", "--quiet"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_monitoring_profile_validates(tmp_path: Path) -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip("Docker Compose v2+ not installed")
+    shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
+    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
+    shutil.copytree(DEMO, tmp_path / "demo")
+    shutil.copytree(OBSERVABILITY, tmp_path / "observability")
+    shutil.copy(DEMO / "tables.json", tmp_path / "tables.json")
+    result = subprocess.run(
+        [*command, "--profile", "monitoring", "config", "--services"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) == SERVICES | MONITORING_SERVICES
+    default = subprocess.run([*command, "config", "--services"], cwd=tmp_path, capture_output=True, text=True)
+    assert set(default.stdout.split()) & MONITORING_SERVICES == set(), "monitoring must be off by default"
+
+
+def test_monitoring_services_load_the_shipped_files(compose: dict[str, Any], pipeline: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in MONITORING_SERVICES:
+        assert services[name]["profiles"] == ["monitoring"], name
+        for spec in volume_targets(services[name]).values():
+            if spec["source"].startswith("./"):
+                assert (ROOT / spec["source"]).exists() and spec["read_only"], spec["source"]
+    prometheus = volume_targets(services["prometheus"])
+    assert prometheus["/etc/prometheus/prometheus.yml"]["source"] == "./observability/prometheus.yml"
+    assert prometheus["/etc/prometheus/alerts.yml"]["source"] == "./observability/alerts.yml"
+    config_file = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text(encoding="utf-8"))
+    assert config_file["rule_files"] == ["alerts.yml"]  # resolved next to prometheus.yml, as mounted
+    (job,) = config_file["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["dlt_pipeline"] and str(discovery["port"]) == environment(pipeline)["HEALTH_PORT"]
+    grafana = volume_targets(services["grafana"])
+    assert grafana["/etc/grafana/provisioning"]["source"] == "./observability/grafana/provisioning"
+    provider = yaml.safe_load((OBSERVABILITY / "grafana/provisioning/dashboards/dlt-db-sync.yml").read_text())
+    dashboards = provider["providers"][0]["options"]["path"]
+    assert grafana[dashboards]["source"] == "./observability/grafana/dashboards"
+    home = environment(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(dashboards + "/")
+    assert (OBSERVABILITY / "grafana/dashboards" / home.removeprefix(dashboards + "/")).is_file()
+    datasource = yaml.safe_load((OBSERVABILITY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
 
 def test_shellcheck_accepts_the_init_script() -> None:
