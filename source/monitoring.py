@@ -394,13 +394,10 @@ class _ScrapeTimeCollector:
         ("cpu", "cpu_usage_percent", "CPU use of the daemon (100 = one core)", []),
         ("staging", "staging_directory_usage_mb", "Size of the file-staging directory in MB", []),
         ("lag", "table_lag_seconds", "Seconds since the table was last known to be in sync", ["table"]),
-        ("pool_use", "connection_pool_utilization_percent", "Checked-out share of pool size plus overflow",
-         ["database"]),
+        ("pool_use", "connection_pool_utilization_percent", "Checked out / (pool size + overflow)", ["database"]),
         ("db_up", "database_up", "1 when the database was reachable at the last contact, 0 when not", ["database"]),
-        ("failures", "table_consecutive_failures", "Failed syncs of the table in a row (0 after a success)",
-         ["table"]),
-        ("last_cycle", "last_successful_cycle_timestamp_seconds",
-         "Unix time of the end of the last cycle in which every table synced", []),
+        ("failures", "table_consecutive_failures", "Failed syncs of the table in a row (0 after a success)", ["table"]),
+        ("last_cycle", "last_successful_cycle_timestamp_seconds", "Unix time of the last cycle all tables synced", []),
         ("started", "daemon_start_time_seconds", "Unix time the daemon started", []),
         ("interval", "sync_interval_seconds", "INTERVAL: seconds from one cycle start to the next", []),
         ("lag_threshold", "lag_threshold_seconds", "LAG_THRESHOLD_SECONDS (0: the lag check is off)", []),
@@ -488,7 +485,7 @@ class Metrics:
             "table_sync_success_rate", "Share of successful syncs since start", ["table"], registry=registry
         )
         self.cycle_time = Histogram(
-            "cycle_duration_seconds", "Seconds of one cycle over all tables", buckets=DURATION_BUCKETS, registry=registry
+            "cycle_duration_seconds", "Seconds of one cycle of all tables", buckets=DURATION_BUCKETS, registry=registry
         )
         self.batch_time = Histogram(
             "batch_processing_time",
@@ -684,7 +681,8 @@ class HealthServer:
         self._thread.start()
         logger.info(
             "HEALTH_CHECK - STARTUP - listening on http://%s:%d/ (status page at /status, metrics at /metrics)",
-            host, self.port,
+            host,
+            self.port,
         )
         return self
 

@@ -151,7 +151,7 @@ def _header(body: Mapping[str, Any]) -> str:
         f'<h1>DLT database sync <span id="status" class="badge status-{_text(status)}" '
         f'style="background:{colour}">{_text(status)}</span></h1>'
         f'<p class="meta">version {_text(body.get("version"))} &middot; up {format_seconds(body.get("uptime_seconds"))}'
-        f' &middot; as of {_text(body.get("timestamp"))} &middot; refreshes every {REFRESH_SECONDS} s &middot; '
+        f" &middot; as of {_text(body.get('timestamp'))} &middot; refreshes every {REFRESH_SECONDS} s &middot; "
         f'<a href="/health">JSON</a> &middot; <a href="/metrics">metrics</a></p>{why}'
     )
 
@@ -185,8 +185,9 @@ def _databases(body: Mapping[str, Any]) -> str:
     )
 
 
-def _cycle(body: Mapping[str, Any], cycle_started_at: datetime | None, last_cycle_seconds: float | None,
-           now: datetime) -> str:
+def _cycle(
+    body: Mapping[str, Any], cycle_started_at: datetime | None, last_cycle_seconds: float | None, now: datetime
+) -> str:
     running = (
         f"running since {_moment(cycle_started_at, now)}, now on table {_text(body.get('current_table'))}"
         if cycle_started_at is not None
@@ -205,13 +206,16 @@ def _cycle(body: Mapping[str, Any], cycle_started_at: datetime | None, last_cycl
         ("sync errors since start", _text(body.get("sync_errors"))),
         ("file staging", _text(staging_text)),
     ]
-    return '<h2>Cycle</h2><table class="facts"><tbody>' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items) + (
-        "</tbody></table>"
+    return (
+        '<h2>Cycle</h2><table class="facts"><tbody>'
+        + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items)
+        + "</tbody></table>"
     )
 
 
-def _table_row(name: str, table: Mapping[str, Any], samples: Sequence[Sample], lag_threshold: float,
-               now: datetime) -> str:
+def _table_row(
+    name: str, table: Mapping[str, Any], samples: Sequence[Sample], lag_threshold: float, now: datetime
+) -> str:
     lag = table.get("lag_seconds")
     late = lag_threshold > 0 and lag is not None and lag > lag_threshold and table.get("owned", True)
     failures = table.get("consecutive_failures") or 0
@@ -231,8 +235,9 @@ def _table_row(name: str, table: Mapping[str, Any], samples: Sequence[Sample], l
     )
 
 
-def _tables(body: Mapping[str, Any], history: Mapping[str, Sequence[Sample]], lag_threshold: float,
-            now: datetime) -> str:
+def _tables(
+    body: Mapping[str, Any], history: Mapping[str, Sequence[Sample]], lag_threshold: float, now: datetime
+) -> str:
     rows = "".join(
         _table_row(name, table, history.get(name, ()), lag_threshold, now)
         for name, table in sorted((body.get("tables") or {}).items())

@@ -110,7 +110,9 @@ def server(tmp_path: Path) -> Iterator[HealthServer]:
     held = [pools["target"].connect() for _ in range(2)]
     engines = SimpleNamespace(**pools)
     health = start_health_server(
-        make_settings(tmp_path, LAG_THRESHOLD_SECONDS="600"), busy_status(), lambda: engines  # type: ignore[arg-type, return-value]
+        make_settings(tmp_path, LAG_THRESHOLD_SECONDS="600"),
+        busy_status(),
+        lambda: engines,  # type: ignore[arg-type, return-value]
     )
     yield health
     health.stop()
@@ -157,7 +159,12 @@ def test_json_clients_keep_getting_the_health_json(server: HealthServer, accept:
 
 
 def test_browsers_and_status_path_get_the_page(server: HealthServer) -> None:
-    for path, accept in (("/", BROWSER_ACCEPT), ("/status", None), ("/status", "*/*"), ("/status/", "application/json")):
+    for path, accept in (
+        ("/", BROWSER_ACCEPT),
+        ("/status", None),
+        ("/status", "*/*"),
+        ("/status/", "application/json"),
+    ):
         code, raw, content_type = get(server, path, accept)
         assert (code, content_type) == (200, "text/html; charset=utf-8"), (path, accept)
         assert raw.startswith(b"<!DOCTYPE html>")
@@ -192,6 +199,17 @@ def test_render_escapes_and_masks_every_text() -> None:
     assert '<tr id="table-t" class="failing">' in page
     hostile_name = render_status_page({"tables": {'x"><img src=y>': {}}}, {}, 0)
     assert "<img" not in hostile_name and 'id="table-x&quot;&gt;&lt;img src=y&gt;"' in hostile_name
+
+
+def test_render_shows_the_database_servers() -> None:
+    body = {"database_connections": {
+        "source": {"status": "connected", "server": {"flavor": "mariadb", "version": "10.11.6-MariaDB"}},
+        "target": {"status": "disconnected", "pool_size": 5, "checked_out": 5, "overflow": 1, "utilization_percent": 85.7},
+    }}  # fmt: skip
+    page = render_status_page(body, {}, 0)
+    assert re.search(r'<tr id="db-source"><td>source</td><td>connected</td><td>mariadb 10.11.6-MariaDB</td>', page)
+    assert '<tr id="db-target"><td>target</td><td>disconnected</td>' in page
+    assert "5 / 5 (+1 overflow, 85.7 %)" in page
 
 
 def test_render_is_self_contained_and_refreshes() -> None:
@@ -273,7 +291,7 @@ def test_status_page_in_headless_chromium(server: HealthServer, tmp_path: Path) 
     assert re.search(r"<polyline points=\"(\S+ ){11}\S+\"", rows["events"])  # twelve syncs drawn
     assert rows["payments"].count('class="failed"') == 6  # three failed syncs in each of the two lines
     # The hostile error arrived as text: escaped, masked, and no script element was created.
-    assert "&lt;script&gt;alert(\"owned\")&lt;/script&gt;" in rows["payments"]
+    assert '&lt;script&gt;alert("owned")&lt;/script&gt;' in rows["payments"]
     assert "sync:***@db/prod" in rows["payments"] and SECRET not in dom
     assert "<script" not in dom
     assert re.search(r'<tr id="db-target">.*?<td>2 / 5 \(\+0 overflow, 28\.6 %\)</td>', dom, flags=re.S)
