@@ -216,8 +216,8 @@ class SyncStatus:
             self.cycle_started_at = None
             self._cycle_started_monotonic = None
 
-    def snapshot(self) -> dict[str, Any]:
-        """A consistent copy of the whole state for readers."""
+    def snapshot(self, history: bool = False) -> dict[str, Any]:
+        """A consistent copy of the whole state for readers (``history``: with each table's recent syncs)."""
         with self._lock:
             now = time.monotonic()
             measured = self.staging_measured_monotonic
@@ -239,7 +239,7 @@ class SyncStatus:
                 "started_at": self.started_at,
                 "cycle_started_at": self.cycle_started_at,
                 "last_cycle_seconds": self.last_cycle_seconds,
-                "history": {name: list(samples) for name, samples in self.history.items()},
+                "history": {name: list(samples) for name, samples in self.history.items()} if history else {},
             }
 
 
@@ -379,7 +379,7 @@ DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600
 class _ScrapeTimeCollector:
     """Gauges computed when Prometheus scrapes: pools, process, staging usage, per-table state.
 
-    The settings and timestamps among them exist for the alert rules (``monitoring/alerts.yml``):
+    The settings and timestamps among them exist for the alert rules (``observability/alerts.yml``):
     they compare against the daemon's own ``INTERVAL`` and ``LAG_THRESHOLD_SECONDS``.
     """
 
@@ -577,7 +577,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
             if path == "/status" or (path == "/" and status_page.prefers_html(self.headers.get("Accept"))):
-                code, page = self.server.app.status_page()
+                code, page = self.server.app.status_html()
                 self._send(code, "text/html; charset=utf-8", page.encode("utf-8"))
             elif path in ("/", "/health", "/healthz"):
                 code, body = self.server.app.health()
@@ -634,9 +634,9 @@ class HealthServer:
         """(HTTP code, body) of ``GET /``; reads only the snapshot and in-memory counters."""
         return self._report(self._snapshot())
 
-    def status_page(self) -> tuple[int, str]:
+    def status_html(self) -> tuple[int, str]:
         """(HTTP code, HTML) of ``GET /status``: the health body plus each table's recent history."""
-        snapshot = self._snapshot()
+        snapshot = self._snapshot(history=True)
         code, body = self._report(snapshot)
         page = status_page.render_status_page(
             body,
@@ -647,8 +647,8 @@ class HealthServer:
         )
         return code, page
 
-    def _snapshot(self) -> dict[str, Any]:
-        snapshot = self.status.snapshot()
+    def _snapshot(self, history: bool = False) -> dict[str, Any]:
+        snapshot = self.status.snapshot(history)
         self.staging.refresh_in_background_if_stale(snapshot["staging"]["age_seconds"])
         return snapshot
 
