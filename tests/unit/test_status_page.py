@@ -36,7 +36,7 @@ BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/av
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--window-size=1280,860",
+    "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,860",
 )  # fmt: skip
 
 
