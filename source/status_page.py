@@ -43,9 +43,14 @@ svg.spark circle.failed{fill:#c62828}
 class Sample(Protocol):
     """One finished table sync (``monitoring.SyncSample``)."""
 
-    seconds: float
-    rows: int
-    ok: bool
+    @property
+    def seconds(self) -> float: ...
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def ok(self) -> bool: ...
 
 
 # --------------------------------------------------------------------------- content negotiation
