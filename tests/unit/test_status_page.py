@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -265,7 +265,9 @@ def _chromium() -> str | None:
     return next((found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None)
 
 
-def test_status_page_in_headless_chromium(server: HealthServer, tmp_path: Path) -> None:
+def test_status_page_in_headless_chromium(
+    server: HealthServer, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     browser = _chromium()
     if browser is None:
         pytest.skip("chromium not installed (Debian package 'chromium'; `make test` installs it)")
@@ -277,6 +279,7 @@ def test_status_page_in_headless_chromium(server: HealthServer, tmp_path: Path) 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     print(f"status page screenshot: {screenshot}")
+    record_property("status_page_screenshot", str(screenshot))  # in the JUnit report (CI artifact)
     if os.environ.get("STATUS_PAGE_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["STATUS_PAGE_SCREENSHOT"])
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
