@@ -162,12 +162,11 @@ def _header(body: Mapping[str, Any]) -> str:
 
 
 def _server(connection: Mapping[str, Any]) -> Any:
-    """Flavor and version of a database when the health body carries them."""
+    """Flavor and version of a database when the health body carries its ``server`` object."""
     server = connection.get("server")
     if isinstance(server, Mapping):
         return " ".join(str(server[key]) for key in ("flavor", "version") if server.get(key)) or None
-    parts = [str(connection[key]) for key in ("flavor", "version", "server_version") if connection.get(key)]
-    return server or " ".join(parts) or None
+    return server
 
 
 def _databases(body: Mapping[str, Any]) -> str:
