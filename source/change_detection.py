@@ -55,6 +55,11 @@ def has_rows(conn: Connection, table: str) -> bool:
     return conn.exec_driver_sql(f"SELECT 1 FROM {q(table)} LIMIT 1").first() is not None
 
 
+def count_rows(conn: Connection, table: str) -> int:
+    """``COUNT(*)`` of ``table`` (for the mass-delete guard of a full refresh)."""
+    return int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {qi(table)}").scalar() or 0)
+
+
 def window_fingerprint(
     conn: Connection, table: str, columns: Sequence[Column], modifier: str, lower: str,
     values: Mapping[str, str] | None = None,

@@ -56,6 +56,9 @@ TABLES_SCHEMA: dict[str, Any] = {
             "deletes": {"type": "string", "enum": ["ignore", "reconcile"]},
             "reconcile_every_cycles": {"type": "integer", "minimum": 1},
             "reconcile_every_minutes": {"type": "number", "exclusiveMinimum": 0},
+            "max_delete_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+            "allow_empty_source": {"type": "boolean"},
+            "verify_every_minutes": {"type": "number", "exclusiveMinimum": 0},
         },
         "required": ["table", "primary_key"],
         "additionalProperties": False,
@@ -104,6 +107,9 @@ class TableSpec:
     deletes: DeletePolicy = "ignore"
     reconcile_every_cycles: int | None = None
     reconcile_every_minutes: float | None = None
+    max_delete_ratio: float | None = None  # None: the global MAX_DELETE_RATIO
+    allow_empty_source: bool = False  # may a source that reads 0 rows empty the target?
+    verify_every_minutes: float | None = None  # None: the sweep's default, one full pass a day
 
     @property
     def strategy(self) -> Literal["incremental", "full_refresh"]:
@@ -155,6 +161,9 @@ class Settings:
     target_sql_mode: str = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO"
     lease_enabled: bool = False
     progress: Literal["auto", "bar", "log", "off"] = "auto"
+    max_delete_ratio: float = 0.5
+    max_clock_skew_seconds: float = 300.0
+    verify_rows_per_second: float = 5000.0
 
 
 # Environment variable -> (Settings field, parser). Shared by load_settings, the docs test
@@ -189,6 +198,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text.strip())
     if value < 0 or value != value:
         raise ValueError(f"must be a non-negative number, got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise ValueError(f"must be between 0 and 1, got {text!r}")
     return value
 
 
@@ -239,6 +255,9 @@ SETTING_VARIABLES: dict[str, tuple[str, Any]] = {
     "TARGET_SQL_MODE": ("target_sql_mode", str),
     "LEASE_ENABLED": ("lease_enabled", _parse_bool),
     "PROGRESS": ("progress", _choice("auto", "bar", "log", "off")),
+    "MAX_DELETE_RATIO": ("max_delete_ratio", _ratio),
+    "MAX_CLOCK_SKEW_SECONDS": ("max_clock_skew_seconds", _non_negative_float),
+    "VERIFY_ROWS_PER_SECOND": ("verify_rows_per_second", _non_negative_float),
 }
 
 DATABASE_VARIABLES: dict[str, tuple[str, Any]] = {
@@ -400,6 +419,9 @@ def parse_tables(data: Any, path: Path) -> tuple[TableSpec, ...]:
                 deletes=entry.get("deletes", "ignore"),
                 reconcile_every_cycles=entry.get("reconcile_every_cycles"),
                 reconcile_every_minutes=entry.get("reconcile_every_minutes"),
+                max_delete_ratio=entry.get("max_delete_ratio"),
+                allow_empty_source=entry.get("allow_empty_source", False),
+                verify_every_minutes=entry.get("verify_every_minutes"),
             )
         )
     return tuple(specs)

@@ -42,8 +42,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     action.add_argument("--check", action="store_true", help="validate config and connectivity, print the plan")
     action.add_argument("--verify", nargs="*", metavar="TABLE", help="compare source and target tables by checksums")
     parser.add_argument("--repair", action="store_true", help="with --verify: re-copy differing rows, delete extra ones")
+    parser.add_argument("--print", dest="print_only", action="store_true",
+                        help="with --verify: list the rows --repair would copy and delete; change nothing")
     parser.add_argument("--tables-file", type=Path, help="tables.json to use instead of TABLES_FILE")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.print_only and args.verify is None:
+        parser.error("--print requires --verify (it lists what --verify --repair would do)")
+    return args
 
 
 def load_configuration(args: argparse.Namespace) -> tuple[Settings, tuple[TableSpec, ...]]:
@@ -142,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verify is not None:
             from verification import run_verify
 
-            return run_verify(engines, settings, specs, args.verify, args.repair, stop, status=status, metrics=metrics)
+            return run_verify(engines, settings, specs, args.verify, args.repair, stop, status=status, metrics=metrics,
+                              print_only=args.print_only)
         StopSignal(stop).install()
         if not args.once:
             services = start_services(settings, status, lambda: engines, metrics, stop, own_connections=own_connections)

@@ -65,6 +65,10 @@ class TableStatus:
     owned: bool = True
     # Start of the last successful sync: the target holds every change committed before it.
     current_as_of: datetime | None = None
+    delete_refusals: int = 0  # times the mass-delete guard refused a deleting path
+    last_delete_refusal: str | None = None
+    future_modifier_rows: int = 0  # rows whose modifier is beyond the source clock (last cycle)
+    sweep: dict[str, Any] = field(default_factory=dict)  # continuous verification, see SyncStatus.sweep_*
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,40 @@ class SyncStatus:
             status.differences_found = differences
             status.last_verify = datetime.now(UTC)
 
+    def delete_refused(self, table: str, message: str) -> None:
+        """The mass-delete guard refused to remove rows of ``table`` (``message`` says how to allow it)."""
+        with self._lock:
+            status = self.tables.setdefault(table, TableStatus(table=table))
+            status.delete_refusals += 1
+            status.last_delete_refusal = message
+
+    def future_modifier_rows(self, table: str, rows: int) -> None:
+        """``rows`` rows of ``table`` have a modifier beyond the source clock (plus the allowed skew)."""
+        with self._lock:
+            self.tables.setdefault(table, TableStatus(table=table)).future_modifier_rows = rows
+
+    def sweep_progress(self, table: str, checked: int, repaired: int, pass_fraction: float, refused: str | None) -> None:
+        """The verification sweep checked ``checked`` and repaired ``repaired`` more rows of ``table``;
+        ``pass_fraction`` of the current pass is done; ``refused``: the guard's message for this slice."""
+        with self._lock:
+            sweep = self.tables.setdefault(table, TableStatus(table=table)).sweep
+            sweep["rows_checked_total"] = sweep.get("rows_checked_total", 0) + checked
+            sweep["rows_repaired_total"] = sweep.get("rows_repaired_total", 0) + repaired
+            sweep["pass_progress"] = round(min(max(pass_fraction, 0.0), 1.0), 4)
+            if refused is not None:
+                sweep["refused"] = refused
+
+    def sweep_pass_done(self, table: str, seconds: float, refused: bool) -> None:
+        """The sweep finished a full pass over ``table`` (a refusal in it keeps the health degraded)."""
+        with self._lock:
+            sweep = self.tables.setdefault(table, TableStatus(table=table)).sweep
+            sweep["last_full_pass"] = datetime.now(UTC)
+            sweep["last_pass_seconds"] = round(seconds, 1)
+            sweep["passes"] = sweep.get("passes", 0) + 1
+            sweep["pass_progress"] = 0.0
+            if not refused:
+                sweep.pop("refused", None)
+
     def set_table_owned(self, table: str, owned: bool) -> None:
         """Whether this instance holds the lease of ``table`` (tables owned elsewhere never degrade health)."""
         with self._lock:
@@ -223,7 +261,7 @@ class SyncStatus:
             measured = self.staging_measured_monotonic
             return {
                 "uptime_seconds": now - self.started_monotonic,
-                "tables": {name: TableStatus(**vars(st)) for name, st in self.tables.items()},
+                "tables": {name: TableStatus(**{**vars(st), "sweep": dict(st.sweep)}) for name, st in self.tables.items()},
                 "database_status": dict(self.database_status),
                 "database_errors": dict(self.database_errors),
                 "last_successful_sync": self.last_successful_sync,
@@ -296,6 +334,17 @@ def _table_report(table: TableStatus, now: datetime) -> dict[str, Any]:
         "rows_deleted_total": table.rows_deleted_total,
         "differences_found": table.differences_found,
         "last_verify": iso(table.last_verify),
+        "delete_refusals": table.delete_refusals,
+        "last_delete_refusal": table.last_delete_refusal,
+        "future_modifier_rows": table.future_modifier_rows,
+        "verification_sweep": {
+            "pass_progress": table.sweep.get("pass_progress", 0.0),
+            "last_full_pass": iso(table.sweep.get("last_full_pass")),
+            "last_pass_seconds": table.sweep.get("last_pass_seconds"),
+            "rows_checked_total": table.sweep.get("rows_checked_total", 0),
+            "rows_repaired_total": table.sweep.get("rows_repaired_total", 0),
+            "refused": table.sweep.get("refused"),
+        },
     }
 
 
@@ -337,6 +386,8 @@ def health_report(
             continue  # another instance syncs it; its staleness here means nothing
         if table.consecutive_failures > 0:
             reasons.append(f"table {name} failed {table.consecutive_failures} time(s) in a row: {table.last_error}")
+        if table.sweep.get("refused"):
+            reasons.append(f"table {name}: the verification sweep was refused: {table.sweep['refused']}")
         lag = report["lag_seconds"]
         if settings.lag_threshold_seconds > 0 and lag is not None and lag > settings.lag_threshold_seconds:
             reasons.append(f"table {name} lag {lag:.0f}s above {settings.lag_threshold_seconds:.0f}s")
@@ -505,6 +556,28 @@ class Metrics:
         self.verify_differences = Counter(
             "verify_differences_total", "Differing rows found by verification", ["table"], registry=registry
         )
+        self.delete_refusals = Counter(
+            "mass_delete_refusals_total", "Deleting paths refused by the mass-delete guard", ["table"], registry=registry
+        )
+        self.future_rows = Gauge(
+            "future_modifier_rows", "Rows whose modifier is beyond the source clock plus the allowed skew", ["table"],
+            registry=registry,
+        )
+        self.sweep_checked = Counter(
+            "verify_sweep_rows_checked_total", "Rows compared by the continuous verification sweep", ["table"],
+            registry=registry,
+        )
+        self.sweep_repaired = Counter(
+            "verify_sweep_rows_repaired_total", "Rows re-copied or deleted by the verification sweep", ["table"],
+            registry=registry,
+        )
+        self.sweep_progress = Gauge(
+            "verify_sweep_pass_progress", "Share of the current verification pass done (0-1)", ["table"], registry=registry
+        )
+        self.sweep_last_pass = Gauge(
+            "verify_sweep_last_full_pass_timestamp_seconds", "Unix time the last full verification pass ended",
+            ["table"], registry=registry,
+        )
         registry.register(_ScrapeTimeCollector(self))
         self._lock = threading.Lock()
         self._attempts: dict[str, list[int]] = {}  # table -> [successes, attempts]
@@ -552,6 +625,26 @@ class Metrics:
     def differences(self, table: str, n: int) -> None:
         """Verification found ``n`` differing rows in ``table``."""
         self.verify_differences.labels(table).inc(max(n, 0))
+
+    def delete_refused(self, table: str) -> None:
+        """The mass-delete guard refused a deleting path of ``table``."""
+        self.delete_refusals.labels(table).inc()
+
+    def future_modifier_rows(self, table: str, rows: int) -> None:
+        """``rows`` rows of ``table`` have a modifier beyond the source clock."""
+        self.future_rows.labels(table).set(max(rows, 0))
+
+    def sweep_slice(self, table: str, checked: int, repaired: int, pass_fraction: float) -> None:
+        """The verification sweep compared ``checked`` rows of ``table`` and repaired ``repaired``."""
+        self.sweep_checked.labels(table).inc(max(checked, 0))
+        if repaired:
+            self.sweep_repaired.labels(table).inc(repaired)
+        self.sweep_progress.labels(table).set(min(max(pass_fraction, 0.0), 1.0))
+
+    def sweep_pass_done(self, table: str) -> None:
+        """The verification sweep finished a full pass over ``table``."""
+        self.sweep_last_pass.labels(table).set(time.time())
+        self.sweep_progress.labels(table).set(0.0)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

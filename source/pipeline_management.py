@@ -31,10 +31,19 @@ from dlt.extract.exceptions import ResourceExtractionError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from change_detection import Fingerprint, has_rows, keys_in, target_watermark, window_fingerprint, window_keys
+from change_detection import (
+    Fingerprint,
+    count_rows,
+    has_rows,
+    keys_in,
+    target_watermark,
+    window_fingerprint,
+    window_keys,
+)
 from config import PipelineMode, Settings, TableSpec
 from database import Engines, check_connectivity, server_allows_local_infile
 from database import quote_identifier as q
+from delete_guard import MassDeleteRefused, check_deletes
 from error_handling import (
     DatabaseError,
     DataError,
@@ -282,6 +291,7 @@ class TableSyncer:
         except (SyncError, Exception) as exc:  # noqa: BLE001 - one table's failure must not stop the others
             message = describe_error(exc)
             category = error_category(exc)
+            self._guard_refused(exc)
             logger.error("SYNC_ENGINE - TABLE_SYNC - %s failed: %s", spec.table, message)
             logger.debug("SYNC_ENGINE - TABLE_SYNC - %s traceback", spec.table, exc_info=True)
             result = TableResult(spec.table, ok=False, mode=mode, error=message, category=category)
@@ -306,6 +316,7 @@ class TableSyncer:
         except ShutdownRequested:
             return result  # the sync itself is done; the next run reconciles
         except (SyncError, Exception) as exc:  # noqa: BLE001 - reported as this table's failure
+            self._guard_refused(exc)
             message = f"delete reconciliation failed: {describe_error(exc)}"
             logger.error("SYNC_ENGINE - DELETES - %s: %s", spec.table, message)
             logger.debug("SYNC_ENGINE - DELETES - %s traceback", spec.table, exc_info=True)
@@ -317,6 +328,13 @@ class TableSyncer:
             if self.metrics is not None:
                 self.metrics.rows_deleted(spec.table, deleted)
         return result
+
+    def _guard_refused(self, exc: BaseException) -> None:
+        """Report a refusal of the mass-delete guard to health and metrics (other errors: nothing)."""
+        if isinstance(exc, MassDeleteRefused):
+            self.status.delete_refused(exc.table, str(exc))
+            if self.metrics is not None:
+                self.metrics.delete_refused(exc.table)
 
     def _on_retry(self, exc: BaseException) -> None:
         if is_connection_error(exc):
@@ -569,6 +587,10 @@ class TableSyncer:
         target.rollback()
         if not target_has_rows and not source_has_rows:
             return TableResult(spec.table, ok=True, skipped=True, mode=mode)
+        if target_has_rows and not source_has_rows:
+            # Refused before any comparison or shadow load: the target stays exactly as it is.
+            check_deletes(spec, self.settings, target_rows=count_rows(target, spec.table), deleting=1,
+                          source_rows=0, what="full refresh")
         details: dict[str, Any] = {"refresh": "swap"}
         if target_has_rows:  # an empty target has nothing worth comparing: load it
             outcome = refresh_by_chunks(self.engines, self.settings, self.stop_event, spec, self.load_path())
@@ -589,6 +611,8 @@ class TableSyncer:
         target.exec_driver_sql(f"CREATE TABLE {q(shadow)} LIKE {q(spec.table)}")
         try:
             rows, backend, sanitized = self._load(spec, mode, source_def, shadow, None, into_empty=True)
+            if target_has_rows:
+                self._guard_swap(spec, target, shadow)
             # One atomic RENAME: readers see the old table or the new one, never neither.
             target.exec_driver_sql(f"RENAME TABLE {q(spec.table)} TO {q(retired)}, {q(shadow)} TO {q(spec.table)}")
             target.exec_driver_sql(f"DROP TABLE {q(retired)}")
@@ -596,3 +620,10 @@ class TableSyncer:
             target.exec_driver_sql(f"DROP TABLE IF EXISTS {q(shadow)}")
             raise
         return TableResult(spec.table, ok=True, rows=rows, mode=mode, backend=backend, sanitized=sanitized, details=details)
+
+    def _guard_swap(self, spec: TableSpec, target: Connection, shadow: str) -> None:
+        """Refuse the swap when the new copy holds far fewer rows than the table it replaces."""
+        target.rollback()
+        current, fresh = count_rows(target, spec.table), count_rows(target, shadow)
+        check_deletes(spec, self.settings, target_rows=current, deleting=current - fresh, source_rows=fresh,
+                      what="full refresh (shadow swap)")

@@ -44,6 +44,7 @@ from chunk_compare import (
 from config import SanitizePolicy, Settings, TableSpec
 from data_processing import select_list
 from database import Engines, server_allows_local_infile
+from delete_guard import MassDeleteRefused, check_deletes
 from error_handling import SchemaError, ShutdownRequested, SyncError, call_with_retries, describe_error, retry_kwargs
 from schema_management import Column, TableDefinition, describe_table, ensure_target_table, table_exists
 from target_loader import LoadPath, TargetLoader
@@ -179,6 +180,12 @@ def repair_differences(
     return copied, deleted
 
 
+def guard_comparison(spec: TableSpec, settings: Settings, comparison: Comparison, deleting: int, what: str) -> None:
+    """:func:`delete_guard.check_deletes` with the row counts of ``comparison`` (both sides)."""
+    check_deletes(spec, settings, target_rows=comparison.target_rows, deleting=deleting,
+                  source_rows=comparison.source_rows, what=what)
+
+
 # --------------------------------------------------------------------------- delete propagation
 @dataclass
 class ReconcileSchedule:
@@ -217,6 +224,7 @@ def reconcile_deletes(engines: Engines, settings: Settings, stop_event: threadin
     _source_def, compare_spec = describe_for_compare(engines, spec.table, spec.primary_key, "keys")
     comparison = compare(engines, stop_event, compare_spec)
     extra = comparison.differences.extra if comparison.differences else []
+    guard_comparison(spec, settings, comparison, len(extra), "delete reconciliation")
     deleted = delete_target_rows(engines, settings, stop_event, compare_spec, extra) if extra else 0
     logger.info(
         "VERIFY - DELETES - %s: %d chunks compared by key, %d differing, %d target rows without source row, "
@@ -253,6 +261,7 @@ def refresh_by_chunks(
         return RefreshOutcome("identical", comparison)
     if comparison.differences is None:
         return RefreshOutcome("swap", comparison)
+    guard_comparison(spec, settings, comparison, len(comparison.differences.extra), "full refresh (repair by chunks)")
     copied, deleted = repair_differences(
         engines, settings, stop_event, load_path, source_def, compare_spec, comparison.differences,
         spec.sanitize or settings.sanitize_policy,
@@ -323,13 +332,14 @@ class Verifier:
     """Runs ``--verify`` (and ``--repair``) table by table, feeding status and metrics."""
 
     def __init__(self, engines: Engines, settings: Settings, stop_event: threading.Event, status: Any = None,
-                 metrics: Any = None, out: TextIO | None = None) -> None:
+                 metrics: Any = None, out: TextIO | None = None, dry_run: bool = False) -> None:
         self.engines = engines
         self.settings = settings
         self.stop_event = stop_event
         self.status = status
         self.metrics = metrics
         self.out = out or sys.stdout
+        self.dry_run = dry_run  # --print: list what --repair would do, change nothing
         self._load_path: LoadPath | None = None
 
     def load_path(self) -> LoadPath:
@@ -362,6 +372,30 @@ class Verifier:
         comparison = compare(self.engines, self.stop_event, compare_spec)
         return VerifyReport.from_comparison(comparison), comparison, source_def, compare_spec
 
+    def _refused(self, table: str, message: str) -> None:
+        if self.status is not None:
+            self.status.delete_refused(table, message)
+        if self.metrics is not None:
+            self.metrics.delete_refused(table)
+
+    def _print_plan(self, spec: TableSpec, report: VerifyReport, comparison: Comparison | None, names: Sequence[str]) -> None:
+        """``--print``: what ``--repair`` would do to ``spec.table``, key by key; nothing is changed."""
+        indent = " " * 31
+        if comparison is None or comparison.differences is None:
+            self._print(f"{indent}would create the target table and copy all {report.missing} source rows")
+            return
+        found = comparison.differences
+        copies = found.missing + found.changed
+        self._print(f"{indent}would copy {len(copies)} rows ({len(found.missing)} missing, {len(found.changed)} "
+                    f"changed) and delete {len(found.extra)} rows:")
+        for label, keys in (("copy  ", found.missing), ("update", found.changed), ("delete", found.extra)):
+            for key in keys:
+                self._print(f"{indent}  {label} " + ", ".join(f"{n}={v!r}" for n, v in zip(names, key, strict=True)))
+        try:
+            guard_comparison(spec, self.settings, comparison, len(found.extra), "--verify --repair")
+        except MassDeleteRefused as exc:
+            self._print(f"{indent}--repair would be REFUSED: {exc}")
+
     def _feed(self, report: VerifyReport) -> None:
         if self.status is not None:
             self.status.table_verified(report.table, report.differences)
@@ -372,7 +406,7 @@ class Verifier:
         """Verify (and repair) one table, printing its line(s); True when finally identical."""
         try:
             report, comparison, source_def, compare_spec = self._retrying(
-                lambda: self._compare(spec, repair), f"verifying {spec.table}"
+                lambda: self._compare(spec, repair and not self.dry_run), f"verifying {spec.table}"
             )
         except ShutdownRequested:
             raise
@@ -382,9 +416,18 @@ class Verifier:
             return False
         self._print(format_report(report))
         self._feed(report)
+        if self.dry_run and not report.identical:
+            self._print_plan(spec, report, comparison, compare_spec.key)
+            return False
         if report.identical or not repair or comparison is None or comparison.differences is None:
             return report.identical
         differences = comparison.differences
+        try:
+            guard_comparison(spec, self.settings, comparison, len(differences.extra), "--verify --repair")
+        except MassDeleteRefused as exc:
+            self._print(f"{'':<30} REFUSED: {exc}")
+            self._refused(spec.table, str(exc))
+            return False
         started = time.monotonic()
         copied, deleted = self._retrying(
             lambda: repair_differences(self.engines, self.settings, self.stop_event, self.load_path(), source_def,
@@ -413,9 +456,11 @@ def run_verify(
     status: Any = None,
     metrics: Any = None,
     out: TextIO | None = None,
+    print_only: bool = False,
 ) -> int:
-    """``--verify [TABLE ...] [--repair]``: 0 when every table is identical (after repair),
-    1 otherwise, 2 when a named table is not in tables.json."""
+    """``--verify [TABLE ...] [--repair] [--print]``: 0 when every table is identical (after repair),
+    1 otherwise, 2 when a named table is not in tables.json. ``print_only`` (``--print``) lists
+    the rows repair would copy and delete, key by key, and changes nothing."""
     by_name = {s.table: s for s in specs}
     unknown = [t for t in tables if t not in by_name]
     if unknown:
@@ -423,7 +468,7 @@ def run_verify(
               f"(configured: {', '.join(by_name) or 'none'})", file=sys.stderr)
         return EXIT_UNKNOWN_TABLE
     chosen = [by_name[t] for t in dict.fromkeys(tables)] if tables else list(specs)
-    verifier = Verifier(engines, settings, stop_event, status, metrics, out)
+    verifier = Verifier(engines, settings, stop_event, status, metrics, out, dry_run=print_only)
     verifier._print(REPORT_HEADER)
     code = EXIT_IDENTICAL
     for spec in chosen:
