@@ -27,12 +27,16 @@ class FakeMetrics:
     def __init__(self) -> None:
         self.deleted: dict[str, int] = {}
         self.found: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
 
     def rows_deleted(self, table: str, n: int) -> None:
         self.deleted[table] = self.deleted.get(table, 0) + n
 
     def differences(self, table: str, n: int) -> None:
         self.found[table] = self.found.get(table, 0) + n
+
+    def delete_refused(self, table: str) -> None:
+        self.refused[table] = self.refused.get(table, 0) + 1
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None  # observe_table, observe_batch, ...

@@ -1,0 +1,180 @@
+"""Guard rails on real servers: the mass-delete guard on every deleting path, ``--verify --print``,
+the watermark capped by the source clock, NULL modifiers, collation-equal keys and error 1317."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+from test_verification import make_syncer, run_main, small_chunks  # noqa: F401 - fixtures
+
+from conftest import SyncEnv
+from table_checks import assert_identical
+
+pytestmark = pytest.mark.integration
+
+OLD = "2024-01-01 00:00:00"
+
+
+def create_items(env: SyncEnv, rows: int = 20, table: str = "t") -> None:
+    env.src(
+        f"CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, updated_at DATETIME NOT NULL, KEY (updated_at));"
+        f"INSERT INTO {table} SELECT seq, CONCAT('v', seq), '{OLD}' FROM seq_1_to_{rows}"
+    )
+
+
+def target_digest(env: SyncEnv, table: str = "t") -> list[tuple[Any, ...]]:
+    return env.tgt_query(f"SELECT id, v, updated_at FROM `{table}` ORDER BY id")
+
+
+def health_of(syncer: Any) -> dict[str, Any]:
+    from monitoring import health_report
+
+    return health_report(syncer.settings, syncer.status.snapshot(), {}, {})[1]
+
+
+# --------------------------------------------------------------------------- mass-delete guard
+@pytest.mark.parametrize("strategy", ["reconcile", "full_refresh"])
+def test_emptied_source_is_refused_until_allowed(sync_env: SyncEnv, make_syncer: Any, strategy: str) -> None:  # noqa: F811
+    from dataclasses import replace
+
+    from config import TableSpec
+
+    create_items(sync_env)
+    if strategy == "reconcile":
+        spec = TableSpec("t", ("id",), modifier="updated_at", deletes="reconcile")
+    else:
+        spec = TableSpec("t", ("id",), sync_strategy="full_refresh")
+    syncer = make_syncer([spec])
+    syncer.sync(spec)
+    before = target_digest(sync_env)
+    sync_env.src("TRUNCATE TABLE t")
+
+    result = syncer.syncer.sync_table(spec)
+    assert not result.ok
+    assert "'t'" in result.error and "0 rows" in result.error and "20" in result.error
+    assert "allow_empty_source" in result.error
+    assert target_digest(sync_env) == before  # exactly as it was
+    health = health_of(syncer)
+    assert health["status"] == "degraded"
+    assert health["tables"]["t"]["delete_refusals"] == 1
+    assert syncer.metrics.refused == {"t": 1}
+    assert sync_env.tgt_query("SHOW TABLES LIKE 't\\_\\_dlt%%'") == []  # no shadow left behind
+
+    allowed = replace(spec, allow_empty_source=True)
+    assert syncer.sync(allowed).ok
+    assert sync_env.tgt_query("SELECT COUNT(*) FROM t")[0][0] == 0
+
+
+def test_emptied_source_fails_once_with_exit_1(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    create_items(sync_env)
+    sync_env.write_tables([{"table": "t", "primary_key": "id", "modifier": "updated_at", "deletes": "reconcile"}])
+    assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 0
+    sync_env.src("DELETE FROM t")
+    with caplog.at_level(logging.ERROR):
+        assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 1
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals and "allow_empty_source" in refusals[0], refusals
+    assert sync_env.tgt_query("SELECT COUNT(*) FROM t")[0][0] == 20
+
+
+def test_delete_ratio_guards_reconcile_until_raised(sync_env: SyncEnv, make_syncer: Any) -> None:  # noqa: F811
+    from dataclasses import replace
+
+    from config import TableSpec
+
+    create_items(sync_env)
+    spec = TableSpec("t", ("id",), modifier="updated_at", deletes="reconcile")
+    syncer = make_syncer([spec])
+    syncer.sync(spec)
+    sync_env.src("DELETE FROM t WHERE id > 5")  # 15 of 20: above the default 0.5
+    result = syncer.syncer.sync_table(spec)
+    assert not result.ok
+    assert "15 of the target's 20 rows" in result.error and "MAX_DELETE_RATIO 0.5" in result.error
+    assert sync_env.tgt_query("SELECT COUNT(*) FROM t")[0][0] == 20
+    # The global setting, then the table's own key, allow it.
+    assert not make_syncer([spec], MAX_DELETE_RATIO="0.7").syncer.sync_table(spec).ok
+    assert make_syncer([spec], MAX_DELETE_RATIO="0.8").sync(spec).details["rows_deleted"] == 15
+    sync_env.src("DELETE FROM t WHERE id > 1")
+    assert not syncer.syncer.sync_table(spec).ok  # 4 of 5
+    assert syncer.sync(replace(spec, max_delete_ratio=1.0)).details["rows_deleted"] == 4
+
+
+def test_shadow_swap_refused_when_it_would_remove_most_rows(sync_env: SyncEnv, make_syncer: Any) -> None:  # noqa: F811
+    from config import TableSpec
+
+    create_items(sync_env)
+    spec = TableSpec("t", ("id",), sync_strategy="full_refresh")
+    syncer = make_syncer([spec])
+    syncer.sync(spec)
+    before = target_digest(sync_env)
+    sync_env.src("DELETE FROM t WHERE id > 4")
+    result = syncer.syncer.sync_table(spec)
+    assert not result.ok and "shadow swap" in result.error and "16 of the target's 20" in result.error
+    assert target_digest(sync_env) == before
+    assert sync_env.tgt_query("SHOW TABLES LIKE 't\\_\\_dlt%%'") == []
+    assert make_syncer([spec], MAX_DELETE_RATIO="1").sync(spec).ok
+    assert_identical(sync_env.source, sync_env.source_db, sync_env.target, sync_env.target_db, "t")
+
+
+def test_repair_by_chunks_guarded(sync_env: SyncEnv, make_syncer: Any, small_chunks: None) -> None:  # noqa: F811
+    from config import TableSpec
+    from delete_guard import MassDeleteRefused
+    from verification import refresh_by_chunks
+
+    create_items(sync_env, rows=100)
+    spec = TableSpec("t", ("id",), sync_strategy="full_refresh")
+    syncer = make_syncer([spec])
+    syncer.sync(spec)
+    before = target_digest(sync_env)
+    sync_env.src("DELETE FROM t WHERE id > 30")
+    with pytest.raises(MassDeleteRefused, match="repair by chunks"):
+        refresh_by_chunks(syncer.engines, syncer.settings, threading.Event(), spec, "insert", max_fraction=1.0)
+    assert target_digest(sync_env) == before
+
+
+def test_verify_repair_guarded(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    create_items(sync_env)
+    sync_env.write_tables([{"table": "t", "primary_key": "id", "modifier": "updated_at"}])
+    assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 0
+    sync_env.src("DELETE FROM t WHERE id > 2")
+    before = target_digest(sync_env)
+    code, out = run_main(sync_env, monkeypatch, capsys, "--verify", "--repair")
+    assert code == 1 and "REFUSED" in out and "18 of the target's 20 rows" in out, out
+    assert target_digest(sync_env) == before
+    code, out = run_main(sync_env, monkeypatch, capsys, "--verify", "--repair", MAX_DELETE_RATIO="1")
+    assert code == 0, out
+
+
+# --------------------------------------------------------------------------- --print
+def test_print_lists_differences_and_changes_nothing(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    create_items(sync_env)
+    sync_env.write_tables([{"table": "t", "primary_key": "id", "modifier": "updated_at"}])
+    assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 0
+    sync_env.tgt("UPDATE t SET v = 'edited' WHERE id = 7; DELETE FROM t WHERE id = 3;"
+                 f"INSERT INTO t VALUES (99, 'stray', '{OLD}')")
+    before = target_digest(sync_env)
+    code, out = run_main(sync_env, monkeypatch, capsys, "--verify", "--repair", "--print")
+    assert code == 1, out
+    assert "copy   id=3" in out and "update id=7" in out and "delete id=99" in out, out
+    assert "would copy 2 rows (1 missing, 1 changed) and delete 1 rows" in out
+    assert target_digest(sync_env) == before
+    # Without --repair the same listing; an identical table lists nothing and exits 0.
+    assert run_main(sync_env, monkeypatch, capsys, "--verify", "--print")[0] == 1
+    assert run_main(sync_env, monkeypatch, capsys, "--verify", "--repair")[0] == 0
+    code, out = run_main(sync_env, monkeypatch, capsys, "--verify", "--repair", "--print")
+    assert code == 0 and "would copy" not in out
+
+
+def test_print_requires_verify(capsys: pytest.CaptureFixture[str]) -> None:
+    from db_pipeline import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--once", "--print"])
+    assert exited.value.code == 2
+    assert "--print requires --verify" in capsys.readouterr().err
