@@ -29,13 +29,16 @@ Fingerprint = tuple[Any, ...]
 
 
 def target_watermark(
-    target: Connection, table: str, modifier: str, data_type: str, lookback_seconds: float, lookback_versions: int = 0
+    target: Connection, table: str, modifier: str, data_type: str, lookback_seconds: float, lookback_versions: int = 0,
+    cap: str | None = None,
 ) -> tuple[str | None, str | None]:
     """(newest modifier, lower bound = newest minus the lookback) in the target, as text.
 
     Temporal modifiers look back ``lookback_seconds``; an integer version (a global, increasing
     change number) looks back ``lookback_versions`` numbers, so a change that got its number before
     a newer one but committed after it is still read.
+    With ``cap`` (see :func:`source_clock_cap`) a temporal lower bound starts from the newest value
+    not beyond it, so a modifier in the future cannot lift the window above rows written now.
     """
     target.rollback()  # a fresh snapshot: see what committed loads wrote
     column = q(modifier)
@@ -47,7 +50,45 @@ def target_watermark(
     newest, bound = (row[0], row[1]) if row else (None, None)
     if data_type in INTEGER_TYPES and bound is not None and lookback_versions:
         bound = str(int(bound) - int(lookback_versions))  # Python ints: no UNSIGNED underflow
-    return newest, bound
+    if cap is None or newest is None or data_type not in TEMPORAL_TYPES or newest <= cap:
+        return newest, bound  # (same text form on both sides: compared as text)
+    # Values beyond the source clock: start from the newest value that is not (or from the cap).
+    kind = "DATE" if data_type == "date" else "DATETIME(6)"
+    interval = f"INTERVAL {int(lookback_seconds)} SECOND"
+    row = target.exec_driver_sql(
+        f"SELECT CAST(MAX({column}) - {interval} AS CHAR), CAST(CAST(%s AS {kind}) - {interval} AS CHAR) "
+        f"FROM {q(table)} WHERE {column} <= CAST(%s AS {kind})",
+        (cap, cap),
+    ).fetchone()
+    return newest, row[0] if row[0] is not None else row[1]
+
+
+def source_clock_cap(source: Connection, data_type: str, skew_seconds: float) -> str | None:
+    """The source's clock plus ``skew_seconds``, as text in the modifier's terms (None: not temporal).
+
+    TIMESTAMP values read in our UTC session compare with UTC; DATE and DATETIME values are
+    wall-clock values an application usually writes with ``NOW()`` in the server's default time
+    zone, so they compare with ``NOW()`` in ``@@global.time_zone`` (the session's zone is set to
+    the default for one statement and pinned back to UTC right after).
+    """
+    if data_type not in TEMPORAL_TYPES:
+        return None
+    skew = f"INTERVAL {int(skew_seconds)} SECOND"
+    if data_type == "timestamp":
+        return str(source.exec_driver_sql(f"SELECT CAST(UTC_TIMESTAMP(6) + {skew} AS CHAR)").scalar())
+    expression = f"DATE(NOW() + {skew})" if data_type == "date" else f"NOW(6) + {skew}"
+    source.exec_driver_sql("SET time_zone = DEFAULT")
+    try:
+        return str(source.exec_driver_sql(f"SELECT CAST({expression} AS CHAR)").scalar())
+    finally:
+        source.exec_driver_sql("SET time_zone = '+00:00'")
+
+
+def future_rows(target: Connection, table: str, modifier: str, data_type: str, cap: str) -> int:
+    """Rows of ``table`` whose modifier is beyond ``cap`` (an index range on the modifier)."""
+    kind = "DATE" if data_type == "date" else "DATETIME(6)"
+    sql = f"SELECT COUNT(*) FROM {q(table)} WHERE {q(modifier)} > CAST(%s AS {kind})"
+    return int(target.exec_driver_sql(sql, (cap,)).scalar() or 0)
 
 
 def has_rows(conn: Connection, table: str) -> bool:

@@ -34,8 +34,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from change_detection import (
     Fingerprint,
     count_rows,
+    future_rows,
     has_rows,
     keys_in,
+    source_clock_cap,
     target_watermark,
     window_fingerprint,
     window_keys,
@@ -498,7 +500,8 @@ class TableSyncer:
             advise_source_modifier_index(source, spec.table, modifier)
             self._advised.add(spec.table)
         state = read_state(target, spec.table)
-        target_max, lower = self._watermark(target, spec, mod_col)
+        cap = source_clock_cap(source, mod_col.data_type, self.settings.max_clock_skew_seconds)
+        target_max, lower = self._watermark(target, spec, mod_col, cap)
         into_empty = False
         if state is not None and state.pending:
             lower = state.pending_from  # an unfinished load: read again from where it started
@@ -515,6 +518,7 @@ class TableSyncer:
                 if state is not None and state.pending:
                     mark_done(target, spec.table, 0, target_max)  # the unfinished load had nothing left to do
                     target.commit()
+                self._count_future_rows(spec, target, mod_col.data_type, cap, target_max)
                 return TableResult(spec.table, ok=True, skipped=True, watermark=target_max, mode=mode)
         mark_pending(target, spec.table, lower)
         target.commit()
@@ -522,16 +526,36 @@ class TableSyncer:
         if lower is not None:
             rows += self._settle_window(spec, source, target, source_def, lower)
         new_max, _ = self._watermark(target, spec, mod_col)
+        self._count_future_rows(spec, target, mod_col.data_type, cap, new_max)
         mark_done(target, spec.table, rows, new_max)
         target.commit()
         return TableResult(spec.table, ok=True, rows=rows, watermark=new_max, mode=mode, backend=backend,
                            details={"lower_bound": lower, "newest_modifier": new_max}, sanitized=sanitized)
 
-    def _watermark(self, target: Connection, spec: TableSpec, mod_col: Column) -> tuple[str | None, str | None]:
+    def _watermark(self, target: Connection, spec: TableSpec, mod_col: Column,
+                   cap: str | None = None) -> tuple[str | None, str | None]:
         return target_watermark(
             target, spec.table, mod_col.name, mod_col.data_type, self.settings.lookback_seconds,
-            self.settings.lookback_versions,
+            self.settings.lookback_versions, cap,
         )
+
+    def _count_future_rows(self, spec: TableSpec, target: Connection, data_type: str, cap: str | None,
+                           newest: str | None) -> None:
+        """Count, log (once per cycle) and report the rows whose modifier lies beyond the source clock."""
+        if cap is None:
+            return
+        # Same text form on both sides ('YYYY-MM-DD[ hh:mm:ss[.ffffff]]'): compared as text.
+        beyond = newest is not None and newest > cap
+        rows = future_rows(target, spec.table, spec.modifier or "", data_type, cap) if beyond else 0
+        self.status.future_modifier_rows(spec.table, rows)
+        if self.metrics is not None:
+            self.metrics.future_modifier_rows(spec.table, rows)
+        if rows:
+            logger.warning(
+                "SYNC_ENGINE - WATERMARK - %s: %d row(s) have %s beyond the source clock + %gs (%s; newest %s); "
+                "the window starts from the source clock instead, so rows written now still arrive",
+                spec.table, rows, spec.modifier, self.settings.max_clock_skew_seconds, cap, newest,
+            )
 
     def _window(self, source: Connection, target: Connection, spec: TableSpec, source_def: TableDefinition, lower: str) -> WindowCheck:
         """Both sides' fingerprints of the window ``modifier >= lower`` (every column of every row)."""

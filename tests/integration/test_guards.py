@@ -8,12 +8,17 @@ import threading
 from typing import Any
 
 import pytest
-from test_verification import make_syncer, run_main, small_chunks  # noqa: F401 - fixtures
+import test_verification
 
 from conftest import SyncEnv
 from table_checks import assert_identical
 
 pytestmark = pytest.mark.integration
+
+# The Syncer fixtures and helpers of the verification tests, shared.
+make_syncer = test_verification.make_syncer
+small_chunks = test_verification.small_chunks
+run_main = test_verification.run_main
 
 OLD = "2024-01-01 00:00:00"
 
@@ -37,7 +42,7 @@ def health_of(syncer: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- mass-delete guard
 @pytest.mark.parametrize("strategy", ["reconcile", "full_refresh"])
-def test_emptied_source_is_refused_until_allowed(sync_env: SyncEnv, make_syncer: Any, strategy: str) -> None:  # noqa: F811
+def test_emptied_source_is_refused_until_allowed(sync_env: SyncEnv, make_syncer: Any, strategy: str) -> None:
     from dataclasses import replace
 
     from config import TableSpec
@@ -81,7 +86,7 @@ def test_emptied_source_fails_once_with_exit_1(sync_env: SyncEnv, monkeypatch: p
     assert sync_env.tgt_query("SELECT COUNT(*) FROM t")[0][0] == 20
 
 
-def test_delete_ratio_guards_reconcile_until_raised(sync_env: SyncEnv, make_syncer: Any) -> None:  # noqa: F811
+def test_delete_ratio_guards_reconcile_until_raised(sync_env: SyncEnv, make_syncer: Any) -> None:
     from dataclasses import replace
 
     from config import TableSpec
@@ -103,7 +108,7 @@ def test_delete_ratio_guards_reconcile_until_raised(sync_env: SyncEnv, make_sync
     assert syncer.sync(replace(spec, max_delete_ratio=1.0)).details["rows_deleted"] == 4
 
 
-def test_shadow_swap_refused_when_it_would_remove_most_rows(sync_env: SyncEnv, make_syncer: Any) -> None:  # noqa: F811
+def test_shadow_swap_refused_when_it_would_remove_most_rows(sync_env: SyncEnv, make_syncer: Any) -> None:
     from config import TableSpec
 
     create_items(sync_env)
@@ -120,7 +125,7 @@ def test_shadow_swap_refused_when_it_would_remove_most_rows(sync_env: SyncEnv, m
     assert_identical(sync_env.source, sync_env.source_db, sync_env.target, sync_env.target_db, "t")
 
 
-def test_repair_by_chunks_guarded(sync_env: SyncEnv, make_syncer: Any, small_chunks: None) -> None:  # noqa: F811
+def test_repair_by_chunks_guarded(sync_env: SyncEnv, make_syncer: Any, small_chunks: None) -> None:
     from config import TableSpec
     from delete_guard import MassDeleteRefused
     from verification import refresh_by_chunks
@@ -178,3 +183,49 @@ def test_print_requires_verify(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--once", "--print"])
     assert exited.value.code == 2
     assert "--print requires --verify" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- watermark cap
+@pytest.mark.parametrize("kind", ["DATETIME", "TIMESTAMP(6)", "DATE"])
+def test_future_modifier_does_not_hide_present_rows(sync_env: SyncEnv, make_syncer: Any, kind: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from config import TableSpec
+
+    now = "CURDATE()" if kind == "DATE" else "NOW()"
+    future = "2037-12-31" if kind.startswith("TIMESTAMP") else "2099-01-01"  # TIMESTAMP ends in 2038
+    sync_env.src(
+        f"CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, updated_at {kind} NOT NULL, KEY (updated_at));"
+        f"INSERT INTO t SELECT seq, 'v', '2020-01-01' FROM seq_1_to_5"
+    )
+    spec = TableSpec("t", ("id",), modifier="updated_at")
+    syncer = make_syncer([spec])
+    syncer.sync(spec)
+    sync_env.src(f"UPDATE t SET v = 'placeholder', updated_at = '{future}' WHERE id = 1")
+    syncer.sync(spec)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        sync_env.src(f"UPDATE t SET v = 'now', updated_at = {now} WHERE id = 2")  # a normal update, later
+        syncer.sync(spec)
+    assert sync_env.tgt_query("SELECT v FROM t WHERE id IN (1, 2) ORDER BY id") == [("placeholder",), ("now",)]
+    assert syncer.table_status("t").future_modifier_rows == 1
+    warnings = [r.getMessage() for r in caplog.records if "beyond the source clock" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per cycle
+    assert health_of(syncer)["tables"]["t"]["future_modifier_rows"] == 1
+    sync_env.src(f"UPDATE t SET updated_at = {now} WHERE id = 1")  # the placeholder corrected
+    syncer.sync(spec)
+    assert syncer.table_status("t").future_modifier_rows == 0
+
+
+def test_integer_modifier_is_not_capped(sync_env: SyncEnv, make_syncer: Any) -> None:
+    from config import TableSpec
+
+    sync_env.src("CREATE TABLE t (id INT PRIMARY KEY, version BIGINT NOT NULL, KEY (version));"
+                 "INSERT INTO t VALUES (1, 1), (2, 2)")
+    spec = TableSpec("t", ("id",), modifier="version")
+    syncer = make_syncer([spec])
+    syncer.sync(spec)
+    sync_env.src("UPDATE t SET version = 4102444800 WHERE id = 1")  # a 'future' epoch: just a version
+    syncer.sync(spec)
+    result = syncer.sync(spec)
+    assert result.skipped and result.details == {}
+    assert syncer.table_status("t").future_modifier_rows == 0
