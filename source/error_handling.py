@@ -36,7 +36,12 @@ TRANSIENT_ERROR_CODES: dict[int, str] = {
     1053: "server shutdown in progress",
     3024: "query execution was interrupted, maximum statement execution time exceeded",
     1969: "query execution was interrupted (max_statement_time exceeded)",
+    # Retried only when someone else killed the query: see own_kill_error.
+    1317: "query execution was interrupted (KILL QUERY from another session)",
 }
+QUERY_INTERRUPTED = 1317
+# Key in a pooled connection's ``info`` dict: the watchdog is about to KILL QUERY on it.
+KILLED_BY_DAEMON_KEY = "dlt_sync_killed_by_watchdog"
 CONNECTION_ERROR_CODES = frozenset({2003, 2006, 2013, 2014, 2055, 1927, 1053, 1158, 1159, 1160, 1161})
 TERMINAL_ERROR_CODES: dict[int, str] = {
     1044: "access denied to the database",
@@ -174,6 +179,25 @@ def describe_error(exc: BaseException) -> str:
             text += f": {driver_message}"
         return text
     return f"{type(exc).__name__}: {exc}"
+
+
+def own_kill_error(exc: BaseException, info: Any) -> DatabaseError | None:
+    """A terminal error for ``exc`` when it is 1317 and the daemon's watchdog killed the query.
+
+    ``info`` is the connection's ``info`` dict, where the watchdog marks a connection right
+    before its ``KILL QUERY`` (the mark is consumed here). Another session's kill is left to
+    the usual classification, which retries 1317.
+    """
+    if mysql_error_code(exc) != QUERY_INTERRUPTED or not isinstance(info, dict):
+        return None
+    if not info.pop(KILLED_BY_DAEMON_KEY, False):
+        return None
+    return DatabaseError(
+        f"MySQL error 1317: the watchdog killed this query after LONG_QUERY_SECONDS (KILL_LONG_QUERIES); "
+        f"not retried: {describe_error(exc)}",
+        QUERY_INTERRUPTED,
+        transient=False,
+    )
 
 
 def call_with_retries(

@@ -39,6 +39,7 @@ from error_handling import (
     call_with_retries,
     is_connection_error,
     mysql_error_code,
+    own_kill_error,
     retry_kwargs,
 )
 from sanitization import LoadPlan, SanitizeCounter
@@ -234,7 +235,8 @@ class TargetLoader:
                     logger.debug("LOADER - CHUNK - %s: %d rows in %.2fs", table, chunk.num_rows, time.monotonic() - started)
                 finally:
                     cursor.close()
-            except BaseException:
+            except BaseException as exc:
+                own_kill = own_kill_error(exc, raw.info)  # read before invalidate() drops the record's info
                 try:
                     raw.rollback()
                 except Exception as rollback_exc:  # noqa: BLE001 - the connection is broken; dropped below
@@ -243,6 +245,8 @@ class TargetLoader:
                 # (Resetting the limit on a dead connection here used to replace the real error, e.g.
                 # a retryable 2013, with pymysql's InterfaceError(0, '').)
                 raw.invalidate()
+                if own_kill is not None:
+                    raise own_kill from exc
                 raise
             finally:
                 raw.close()

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from config import DatabaseSettings, Settings
 from database import Engines, connect_args, pool_status, sqlalchemy_url
-from error_handling import describe_error, mysql_error_code
+from error_handling import KILLED_BY_DAEMON_KEY, describe_error, mysql_error_code, own_kill_error
 from monitoring import HealthServer, Metrics, SyncStatus, start_health_server
 from utils import StagingMonitor, mask_secrets
 
@@ -51,16 +51,31 @@ class OwnConnections:
     def __init__(self, ids: Iterable[int] = ()) -> None:
         self._lock = threading.Lock()
         self._ids: set[int] = set(ids)
+        self._infos: dict[int, dict[Any, Any]] = {}  # connection id -> its pool record's info dict
 
-    def add(self, connection_id: int) -> None:
-        """Record a connection opened by this daemon."""
+    def add(self, connection_id: int, info: dict[Any, Any] | None = None) -> None:
+        """Record a connection opened by this daemon (``info``: its pool record's info dict)."""
         with self._lock:
             self._ids.add(int(connection_id))
+            if info is not None:
+                self._infos[int(connection_id)] = info
 
     def remove(self, connection_id: int) -> None:
         """Forget a connection (closed, invalidated or detached from the pool)."""
         with self._lock:
             self._ids.discard(int(connection_id))
+            self._infos.pop(int(connection_id), None)
+
+    def mark_killed(self, connection_id: int, killed: bool = True) -> None:
+        """Mark (or unmark) the connection whose query the watchdog kills: its 1317 is not retried."""
+        with self._lock:
+            info = self._infos.get(int(connection_id))
+            if info is None:
+                return
+            if killed:
+                info[KILLED_BY_DAEMON_KEY] = True
+            else:
+                info.pop(KILLED_BY_DAEMON_KEY, None)
 
     def ids(self) -> frozenset[int]:
         """A copy of the recorded ids."""
@@ -100,14 +115,27 @@ def track_connections(engine: Engine, registry: OwnConnections) -> None:
             return
         connection_id = int(row[0])
         connection_record.info[CONNECTION_ID_KEY] = connection_id
-        registry.add(connection_id)
+        registry.add(connection_id, connection_record.info)
 
     def forget(dbapi_connection: Any, connection_record: Any, *_args: Any) -> None:
         connection_id = connection_record.info.pop(CONNECTION_ID_KEY, None) if connection_record else None
         if connection_id is not None:
             registry.remove(connection_id)
 
+    def on_checkin(_dbapi_connection: Any, connection_record: Any) -> None:
+        # A kill that arrived after its query ended must not mark a later, unrelated 1317.
+        if connection_record is not None:
+            connection_record.info.pop(KILLED_BY_DAEMON_KEY, None)
+
+    def on_error(context: Any) -> BaseException | None:
+        connection = context.connection
+        if connection is None or connection.invalidated:
+            return None
+        return own_kill_error(context.original_exception, connection.info)
+
     event.listen(engine, "connect", on_connect)
+    event.listen(engine, "checkin", on_checkin)
+    event.listen(engine, "handle_error", on_error, retval=True)
     event.listen(engine, "close", forget)
     event.listen(engine, "invalidate", forget)
     # A detached connection is no longer ours to manage: forgetting it errs on the side of never
@@ -276,9 +304,11 @@ class Watchdog(threading.Thread):
             return
         if thread_id not in registry:  # closed since the SELECT: its id is no longer ours
             return
+        registry.mark_killed(thread_id)  # before the KILL: the interrupted statement may fail at once
         try:
             conn.exec_driver_sql(f"KILL QUERY {thread_id:d}")
         except Exception as exc:  # noqa: BLE001 - report and keep going with the next query
+            registry.mark_killed(thread_id, killed=False)
             code = mysql_error_code(exc)
             if code in PRIVILEGE_ERROR_CODES:
                 self._privilege_problem(role, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -229,3 +230,76 @@ def test_integer_modifier_is_not_capped(sync_env: SyncEnv, make_syncer: Any) -> 
     result = syncer.sync(spec)
     assert result.skipped and result.details == {}
     assert syncer.table_status("t").future_modifier_rows == 0
+
+
+# --------------------------------------------------------------------------- error 1317
+def _blocked_select(env: SyncEnv, kill: Any, **overrides: Any) -> tuple[list[int], Any]:
+    """Run a SELECT ... FOR UPDATE that waits on a row lock, through call_with_retries; ``kill(id)``
+    interrupts it. Returns (connection ids of the attempts, result or the error raised)."""
+    from fault_helpers import row_locks_held
+
+    from config import load_settings
+    from database import create_engines
+    from error_handling import call_with_retries, retry_kwargs
+    from watchdog import track_engines
+
+    env.src("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)")
+    settings = load_settings(env.environ(LOCK_TIMEOUT_BASE_DELAY="0.1", **overrides), dotenv_path=None)
+    engines = create_engines(settings)
+    own = track_engines(engines)
+    attempts: list[int] = []
+
+    def work() -> str:
+        with engines.source.connect() as conn:
+            attempts.append(int(conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()))
+            if len(attempts) == 1:
+                conn.exec_driver_sql("SELECT id FROM t WHERE id = 1 FOR UPDATE").fetchall()
+            return "done"
+
+    def killer() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if attempts and "FOR UPDATE" in str(env.source.query(
+                    "SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = %s", args=(attempts[0],))):
+                kill(attempts[0], own, settings, engines)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer)
+    try:
+        with row_locks_held(env.source, env.source_db, "SELECT id FROM t WHERE id = 1 FOR UPDATE"):
+            thread.start()
+            try:
+                outcome: Any = call_with_retries(work, what="blocked select", stop_event=threading.Event(),
+                                                 **retry_kwargs(settings))
+            except Exception as exc:  # noqa: BLE001 - the outcome under test
+                outcome = exc
+            thread.join(timeout=10)
+    finally:
+        engines.dispose()
+    return attempts, outcome
+
+
+def test_1317_from_another_session_is_retried(sync_env: SyncEnv) -> None:
+    def someone_else(connection_id: int, *_: Any) -> None:
+        sync_env.source.execute(f"KILL QUERY {connection_id}")
+
+    attempts, outcome = _blocked_select(sync_env, someone_else)
+    assert outcome == "done" and len(attempts) == 2
+
+
+def test_1317_from_our_watchdog_is_not_retried(sync_env: SyncEnv) -> None:
+    from error_handling import DatabaseError
+    from monitoring import SyncStatus
+    from watchdog import Watchdog
+
+    def watchdog_kill(connection_id: int, own: Any, settings: Any, engines: Any) -> None:
+        watchdog = Watchdog(settings, SyncStatus(), lambda: engines, own, threading.Event())
+        deadline = time.monotonic() + 10
+        while connection_id not in watchdog.check_database("source") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        watchdog.stop()
+
+    attempts, outcome = _blocked_select(sync_env, watchdog_kill, LONG_QUERY_SECONDS="1", KILL_LONG_QUERIES="true")
+    assert isinstance(outcome, DatabaseError) and outcome.code == 1317 and not outcome.transient, outcome
+    assert "watchdog" in str(outcome) and len(attempts) == 1
