@@ -88,14 +88,41 @@ def compare(engines: Engines, stop_event: threading.Event, spec: CompareSpec, **
 
 
 # --------------------------------------------------------------------------- target writes
-def absent_in_source(engines: Engines, spec: CompareSpec, keys: Sequence[Key]) -> list[Key]:
-    """The keys among ``keys`` that the source does not hold (by the server's own key equality)."""
+def collation_folds(col: Column) -> bool:
+    """Whether ``col``'s collation holds different strings equal ('a' = 'A', 'a' = 'a ')."""
+    return col.charset is not None and not col.is_binary and not (col.collation or "").endswith("_bin")
+
+
+def exact_key_match(columns: Sequence[Column]) -> tuple[str, Any]:
+    """One key's equality, byte for byte: (condition, function key -> parameters).
+
+    A folding column is compared twice: by its own collation (so its index is used) and under
+    ``utf8mb4_bin`` (so 'a' does not find 'A').
+    """
+    parts: list[str] = []
+    for col in columns:
+        name = qi(col.name)
+        parts.append(f"{name} = %s AND {name} = %s COLLATE utf8mb4_bin" if collation_folds(col) else f"{name} = %s")
+    doubled = [collation_folds(c) for c in columns]
+
+    def params(key: Key) -> list[Any]:
+        return [v for v, twice in zip(key, doubled, strict=True) for v in ((v, v) if twice else (v,))]
+
+    return " AND ".join(parts), params
+
+
+def absent_in_source(engines: Engines, spec: CompareSpec, keys: Sequence[Key], exact: bool = False) -> list[Key]:
+    """The keys among ``keys`` that the source does not hold: by the server's own key equality, or
+    with ``exact`` byte for byte (repair: 'A' in the target is not the source's 'a')."""
     absent: list[Key] = []
     condition = " AND ".join(f"{qi(k)} = %s" for k in spec.key)
+    params: Any = list
+    if exact:
+        condition, params = exact_key_match(spec.key_columns)
     for batch in _batched(keys, EXISTS_BATCH):
         sql = " UNION ALL ".join(f"(SELECT {i} FROM {qi(spec.table)} WHERE {condition})" for i in range(len(batch)))
         with engines.source.connect() as conn:
-            found = {int(r[0]) for r in execute(conn, sql, [v for k in batch for v in k]).fetchall()}
+            found = {int(r[0]) for r in execute(conn, sql, [v for k in batch for v in params(k)]).fetchall()}
         absent.extend(k for i, k in enumerate(batch) if i not in found)
     return absent
 
@@ -106,11 +133,16 @@ def _delete_batch(engines: Engines, stop_event: threading.Event, spec: CompareSp
         return int(execute(conn, f"DELETE FROM {qi(spec.table)} WHERE {where}", params).rowcount)
 
 
-def delete_target_rows(engines: Engines, settings: Settings, stop_event: threading.Event, spec: CompareSpec, keys: Sequence[Key]) -> int:
-    """Delete from the target those of ``keys`` the source no longer holds; returns rows deleted."""
+def delete_target_rows(engines: Engines, settings: Settings, stop_event: threading.Event, spec: CompareSpec,
+                       keys: Sequence[Key], exact: bool = False) -> int:
+    """Delete from the target those of ``keys`` the source no longer holds; returns rows deleted.
+
+    ``exact``: compare keys byte for byte (see :func:`absent_in_source`); repair re-copies the
+    source's row afterwards. Delete reconciliation keeps the collation's equality.
+    """
     deleted = 0
     for batch in _batched(keys, DELETE_BATCH):
-        gone = absent_in_source(engines, spec, batch)
+        gone = absent_in_source(engines, spec, batch, exact)
         if not gone:
             continue
         deleted += call_with_retries(
@@ -173,7 +205,7 @@ def repair_differences(
     Deleting first matters: a key equal to another under the column's collation ('a' and 'A')
     must not have its re-copied row removed afterwards.
     """
-    deleted = delete_target_rows(engines, settings, stop_event, spec, differences.extra)
+    deleted = delete_target_rows(engines, settings, stop_event, spec, differences.extra, exact=True)
     copied = copy_rows(
         engines, settings, stop_event, load_path, source_def, spec.key, differences.missing + differences.changed, sanitize
     )
