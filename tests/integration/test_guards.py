@@ -303,3 +303,22 @@ def test_1317_from_our_watchdog_is_not_retried(sync_env: SyncEnv) -> None:
     attempts, outcome = _blocked_select(sync_env, watchdog_kill, LONG_QUERY_SECONDS="1", KILL_LONG_QUERIES="true")
     assert isinstance(outcome, DatabaseError) and outcome.code == 1317 and not outcome.transient, outcome
     assert "watchdog" in str(outcome) and len(attempts) == 1
+
+
+# --------------------------------------------------------------------------- collation-equal keys
+def test_collation_equal_keys_converge_in_one_repair(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    sync_env.src(
+        "CREATE TABLE c (code VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NOT NULL, "
+        "region CHAR(2) CHARACTER SET latin1 NOT NULL, v INT NOT NULL, PRIMARY KEY (code, region));"
+        "INSERT INTO c VALUES ('a', 'de', 1), ('b', 'fr', 2), ('ü', 'at', 3);"
+        "INSERT INTO c SELECT CONCAT('k', seq), 'xx', seq + 10 FROM seq_1_to_10"  # the guard counts deletes
+    )
+    sync_env.write_tables([{"table": "c", "primary_key": ["code", "region"]}])
+    assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 0
+    sync_env.tgt("UPDATE c SET code = 'A' WHERE code = 'a'; UPDATE c SET region = 'FR' WHERE code = 'b';"
+                 "UPDATE c SET code = 'Ü' WHERE v = 3")
+    code, out = run_main(sync_env, monkeypatch, capsys, "--verify", "--repair")
+    assert code == 0, out
+    rows = sync_env.tgt_query("SELECT BINARY code, BINARY region, v FROM c WHERE v < 10 ORDER BY v")
+    assert rows == [(b"a", b"de", 1), (b"b", b"fr", 2), ("ü".encode(), b"at", 3)]
