@@ -96,3 +96,26 @@ def test_health_and_metrics_show_the_guard_rails() -> None:
     assert samples[("verify_sweep_rows_checked_total", ("orders",))] == 1000
     assert samples[("verify_sweep_rows_repaired_total", ("orders",))] == 2
     assert samples[("verify_sweep_last_full_pass_timestamp_seconds", ("orders",))] > 0
+
+
+def test_1317_is_retried_unless_the_watchdog_killed_it() -> None:
+    import pymysql
+
+    from error_handling import KILLED_BY_DAEMON_KEY, DatabaseError, own_kill_error
+    from watchdog import OwnConnections
+
+    interrupted = pymysql.err.OperationalError(1317, "Query execution was interrupted")
+    assert is_transient(interrupted)  # someone else's KILL QUERY
+    info: dict[str, Any] = {}
+    registry = OwnConnections()
+    registry.add(42, info)
+    assert own_kill_error(interrupted, info) is None
+    registry.mark_killed(42)
+    assert info[KILLED_BY_DAEMON_KEY] is True
+    ours = own_kill_error(interrupted, info)
+    assert isinstance(ours, DatabaseError) and ours.code == 1317 and not is_transient(ours)
+    assert KILLED_BY_DAEMON_KEY not in info  # consumed: a later kill by someone else is retried again
+    registry.mark_killed(42)
+    assert own_kill_error(pymysql.err.OperationalError(1205, "lock wait"), info) is None  # other codes untouched
+    registry.remove(42)
+    registry.mark_killed(42)  # forgotten connection: nothing to mark, no error
