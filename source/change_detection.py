@@ -101,6 +101,33 @@ def count_rows(conn: Connection, table: str) -> int:
     return int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {qi(table)}").scalar() or 0)
 
 
+def leading_index(conn: Connection, table: str, column: str) -> str | None:
+    """The name of an index of ``table`` whose first column is ``column`` (None: there is none)."""
+    from index_management import index_columns
+
+    for name, (_unique, columns) in sorted(index_columns(conn, table).items()):
+        if columns and columns[0].lower() == column.lower():
+            return name
+    return None
+
+
+def null_modifier_sql(table: str, modifier: str, select: str, index: str | None) -> str:
+    """``SELECT <select> FROM table WHERE modifier IS NULL``, read through ``index`` when given.
+
+    The hint keeps the read an index range even when NULL rows are most of the table (where the
+    optimizer would otherwise prefer a full scan), so its cost follows the NULL rows only.
+    """
+    hint = f" FORCE INDEX ({q(index)})" if index else ""
+    return f"SELECT {select} FROM {q(table)}{hint} WHERE {q(modifier)} IS NULL"
+
+
+def null_modifier_fingerprint(conn: Connection, table: str, modifier: str, row_hash: str, index: str | None) -> tuple[int, int]:
+    """(rows, checksum of every column) of the rows whose modifier is NULL."""
+    sql = null_modifier_sql(table, modifier, f"COUNT(*), BIT_XOR({row_hash})", index)
+    row = conn.exec_driver_sql(sql.replace("%%", "%")).fetchone()
+    return int(row[0]), int(row[1] or 0)
+
+
 def window_fingerprint(
     conn: Connection, table: str, columns: Sequence[Column], modifier: str, lower: str,
     values: Mapping[str, str] | None = None,
