@@ -37,11 +37,15 @@ from change_detection import (
     future_rows,
     has_rows,
     keys_in,
+    leading_index,
+    null_modifier_fingerprint,
+    null_modifier_sql,
     source_clock_cap,
     target_watermark,
     window_fingerprint,
     window_keys,
 )
+from chunk_compare import row_hash_sql
 from config import PipelineMode, Settings, TableSpec
 from database import Engines, check_connectivity, server_allows_local_infile
 from database import quote_identifier as q
@@ -163,6 +167,8 @@ class TableSyncer:
         self._window_rows: dict[str, int] = {}  # rows in the source window, counted by the fingerprint
         # The window check after a load that could not make both sides equal (see _settle_window).
         self._settled: dict[str, WindowCheck] = {}
+        self._null_indexes: dict[str, tuple[str | None, str | None]] = {}  # modifier index per side (NULL rows)
+        self._null_settled: dict[str, tuple[Any, Any]] = {}  # NULL-row fingerprints left after the last re-copy
 
     # ----------------------------------------------------------------- set-up
     def load_path(self) -> LoadPath:
@@ -299,6 +305,7 @@ class TableSyncer:
             result = TableResult(spec.table, ok=False, mode=mode, error=message, category=category)
         if not result.ok:
             self._schemas.forget(spec.table)
+            self._null_indexes.pop(spec.table, None)
         if result.ok and spec.strategy == "incremental" and self._deletes.due(spec):
             result = self._reconcile_deletes(spec, result)
         result.seconds = time.monotonic() - started
@@ -519,7 +526,9 @@ class TableSyncer:
                     mark_done(target, spec.table, 0, target_max)  # the unfinished load had nothing left to do
                     target.commit()
                 self._count_future_rows(spec, target, mod_col.data_type, cap, target_max)
-                return TableResult(spec.table, ok=True, skipped=True, watermark=target_max, mode=mode)
+                nulls = self._sync_null_modifiers(spec, source, target, source_def) if mod_col.nullable else 0
+                return TableResult(spec.table, ok=True, skipped=not nulls, rows=nulls, watermark=target_max,
+                                   mode=mode)
         mark_pending(target, spec.table, lower)
         target.commit()
         rows, backend, sanitized = self._load(spec, mode, source_def, spec.table, lower, into_empty)
@@ -529,6 +538,8 @@ class TableSyncer:
         self._count_future_rows(spec, target, mod_col.data_type, cap, new_max)
         mark_done(target, spec.table, rows, new_max)
         target.commit()
+        if mod_col.nullable and lower is not None:  # (a load from scratch read the NULL rows too)
+            rows += self._sync_null_modifiers(spec, source, target, source_def)
         return TableResult(spec.table, ok=True, rows=rows, watermark=new_max, mode=mode, backend=backend,
                            details={"lower_bound": lower, "newest_modifier": new_max}, sanitized=sanitized)
 
@@ -538,6 +549,51 @@ class TableSyncer:
             target, spec.table, mod_col.name, mod_col.data_type, self.settings.lookback_seconds,
             self.settings.lookback_versions, cap,
         )
+
+    def _sync_null_modifiers(self, spec: TableSpec, source: Connection, target: Connection, source_def: TableDefinition) -> int:
+        """Bring the rows whose modifier is NULL (invisible to the window) in step; rows copied.
+
+        A fingerprint (count and checksum of every column) of those rows on each side, read through
+        the modifier index, costs two index-range reads when nothing changed. When they differ,
+        the rows are diffed by key and the missing or changed ones re-copied from the source (a
+        row deleted from the source is left to delete reconciliation).
+        """
+        modifier = spec.modifier or ""
+        # Values the sanitization policy sets to NULL in the target are hashed as NULL on the source too.
+        stored = stored_values(source_def.columns, spec.sanitize or self.settings.sanitize_policy,
+                               self.settings.target_sql_mode)
+        hash_source, hash_target = row_hash_sql(source_def.columns, stored), row_hash_sql(source_def.columns)
+        indexes = self._null_indexes.get(spec.table)
+        if indexes is None:
+            indexes = self._null_indexes[spec.table] = (
+                leading_index(source, spec.table, modifier), leading_index(target, spec.table, modifier))
+        source.rollback()
+        target.rollback()
+        both = (null_modifier_fingerprint(source, spec.table, modifier, hash_source, indexes[0]),
+                null_modifier_fingerprint(target, spec.table, modifier, hash_target, indexes[1]))
+        if both[0] == both[1] or self._null_settled.get(spec.table) == both:
+            return 0  # in step, or the same known difference as last time (a row only delete reconciliation removes)
+        key_sql = ", ".join(q(k) for k in spec.primary_key)
+        width = len(spec.primary_key)
+
+        def hashes(conn: Connection, row_hash: str, index: str | None) -> dict[tuple[Any, ...], int]:
+            sql = null_modifier_sql(spec.table, modifier, f"{key_sql}, {row_hash}", index).replace("%%", "%")
+            return {tuple(r[:width]): int(r[width]) for r in conn.exec_driver_sql(sql).fetchall()}
+
+        in_source, in_target = hashes(source, hash_source, indexes[0]), hashes(target, hash_target, indexes[1])
+        source.rollback()
+        target.rollback()
+        stale = [k for k, digest in in_source.items() if in_target.get(k) != digest]
+        stale += [k for k in in_target if k not in in_source]  # NULL only in the target: take the source's row
+        copied = self._copy_rows(spec, source_def, stale)
+        logger.info("SYNC_ENGINE - NULL_MODIFIER - %s: %d row(s) with a NULL %s re-copied", spec.table, copied, modifier)
+        self._null_settled[spec.table] = (
+            null_modifier_fingerprint(source, spec.table, modifier, hash_source, indexes[0]),
+            null_modifier_fingerprint(target, spec.table, modifier, hash_target, indexes[1]),
+        )
+        source.rollback()
+        target.rollback()
+        return copied
 
     def _count_future_rows(self, spec: TableSpec, target: Connection, data_type: str, cap: str | None,
                            newest: str | None) -> None:
