@@ -437,6 +437,13 @@ class TableComparer:
         wanted = rows * self.time_budget / max(seconds, 1e-3) / BUCKET_ROWS
         self.buckets_per_query = int(max(1, min(max(wanted, current / 4), current * 4, MAX_BUCKETS_PER_QUERY)))
 
+    def compare_slice(self, lower: Key | None, buckets: int) -> tuple[list[ChunkResult], Key | None, bool]:
+        """Compare the next ``buckets`` buckets after ``lower`` (the verification sweep's step):
+        (chunk results, the key the next slice starts after, whether the key space ran out)."""
+        keys, complete = self.edges("source", KeyRange(lower, None), max(1, buckets))
+        chunks = self._compare(self._ranges(KeyRange(lower, None), keys, complete))
+        return chunks, (keys[-1] if keys else lower), complete
+
     # ---------------------------------------------------------------- down to rows
     def resolve(self, chunks: Sequence[ChunkResult]) -> Differences:
         """The differing rows of the differing buckets among ``chunks``."""

@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     own_connections = track_engines(engines)  # before any connection exists, so the watchdog knows them all
     services = None
     leases = None
+    sweep = None
     try:
         import monitoring
 
@@ -152,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         StopSignal(stop).install()
         if not args.once:
             services = start_services(settings, status, lambda: engines, metrics, stop, own_connections=own_connections)
+            from verification_sweep import start_sweep
+
+            sweep = start_sweep(engines, settings, specs, stop, status, metrics)
         if args.once:
             syncer.prepare()
             return EXIT_OK if run_cycle(syncer, specs, status, 1) else EXIT_FAILED
@@ -164,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     finally:
         stop.set()
+        if sweep is not None:
+            sweep.stop()
         if services is not None:
             services.stop()
         if leases is not None:
