@@ -38,7 +38,8 @@ logger = logging.getLogger("dlt_sync.verification_sweep")
 DEFAULT_PASS_MINUTES = 24 * 60.0  # one full pass a day unless the table sets verify_every_minutes
 SLICE_SECONDS = 1.0  # a slice holds about this many seconds of the global rate
 MAX_SLICE_BUCKETS = 50
-RETRY_SECONDS = 60.0  # after a failed slice (or a target table not created yet)
+RETRY_SECONDS = 60.0  # after a failed slice
+NOT_READY_SECONDS = 5.0  # a table not synced yet (or being synced) is looked at again after this
 
 
 @dataclass
@@ -106,8 +107,8 @@ class VerificationSweep(threading.Thread):
     def step(self, current: TablePass) -> int:
         """Compare (and repair) the next slice of ``current``'s table; returns the rows compared."""
         spec = current.spec
-        if not self._owned(spec.table):
-            current.next_due = time.monotonic() + RETRY_SECONDS
+        if not self._ready(spec.table):
+            current.next_due = time.monotonic() + NOT_READY_SECONDS
             return 0
         if current.compare is None:
             if not self._target_exists(spec.table):
@@ -196,10 +197,14 @@ class VerificationSweep(threading.Thread):
             self._load_path = "load_data" if server_allows_local_infile(self.engines.target) else "insert"
         return self._load_path
 
-    def _owned(self, table: str) -> bool:
-        """False when another replica holds the table's lease (health's ``owned``)."""
-        entry = self.status.snapshot()["tables"].get(table)
-        return entry is None or entry.owned
+    def _ready(self, table: str) -> bool:
+        """Whether ``table`` may be swept now: synced once by this process (never during its first
+        load, which writes into an empty table without upserts), not being synced right now, and
+        not leased by another replica."""
+        snapshot = self.status.snapshot()
+        entry = snapshot["tables"].get(table)
+        return (entry is not None and entry.owned and entry.last_success is not None
+                and snapshot["current_table"] != table)
 
     def _target_exists(self, table: str) -> bool:
         with self.engines.target.connect() as target:
