@@ -242,7 +242,7 @@ def test_unknown_table_exits_2(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatc
     assert "nope" in capsys.readouterr().err
 
 
-def verify(env: SyncEnv, table: str, key: tuple[str, ...], repair: bool = False) -> tuple[int, str]:
+def verify(env: SyncEnv, table: str, key: tuple[str, ...], repair: bool = False, **spec: Any) -> tuple[int, str]:
     from config import TableSpec, load_settings
     from database import create_engines
     from verification import run_verify
@@ -251,7 +251,7 @@ def verify(env: SyncEnv, table: str, key: tuple[str, ...], repair: bool = False)
     engines = create_engines(settings)
     out = io.StringIO()
     try:
-        code = run_verify(engines, settings, [TableSpec(table, key)], [], repair, threading.Event(), out=out)
+        code = run_verify(engines, settings, [TableSpec(table, key, **spec)], [], repair, threading.Event(), out=out)
     finally:
         engines.dispose()
     return code, out.getvalue()
@@ -276,8 +276,12 @@ def test_empty_table_on_either_side(sync_env: SyncEnv) -> None:
     code, out = verify(sync_env, "no_target", ("id",))
     assert code == 1 and "target table missing" in out and report_line(out, "no_target")["missing"] == 50
 
+    # The mass-delete guard: an empty source empties the target only when the table allows it.
+    code, out = verify(sync_env, "src_empty", ("id",), repair=True)
+    assert code == 1 and "REFUSED" in out and "allow_empty_source" in out, out
+    assert sync_env.tgt_query("SELECT COUNT(*) FROM src_empty")[0][0] == 50
     for table in ("src_empty", "tgt_empty", "no_target"):
-        code, out = verify(sync_env, table, ("id",), repair=True)
+        code, out = verify(sync_env, table, ("id",), repair=True, allow_empty_source=True)
         assert code == 0, out
         assert_identical(sync_env.source, sync_env.source_db, sync_env.target, sync_env.target_db, table)
     assert sync_env.tgt_query("SELECT COUNT(*) FROM src_empty")[0][0] == 0
