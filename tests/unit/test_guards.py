@@ -119,3 +119,29 @@ def test_1317_is_retried_unless_the_watchdog_killed_it() -> None:
     assert own_kill_error(pymysql.err.OperationalError(1205, "lock wait"), info) is None  # other codes untouched
     registry.remove(42)
     registry.mark_killed(42)  # forgotten connection: nothing to mark, no error
+
+
+def test_sweep_pacing_arithmetic(monkeypatch: Any) -> None:
+    import threading
+
+    import verification_sweep
+    from verification_sweep import TablePass, VerificationSweep
+
+    day = TableSpec("orders", ("id",))
+    hourly = TableSpec("orders", ("id",), verify_every_minutes=60)
+    sweep = VerificationSweep(None, settings(VERIFY_ROWS_PER_SECOND="5000"), [day], threading.Event(), SyncStatus())  # type: ignore[arg-type]
+    assert sweep.slice_buckets() == 5  # one second of the rate, in 1,000-row buckets
+    assert VerificationSweep(None, settings(VERIFY_ROWS_PER_SECOND="10"), [day], threading.Event(),
+                             SyncStatus()).slice_buckets() == 1  # type: ignore[arg-type]
+    now = 1000.0
+    monkeypatch.setattr(verification_sweep.time, "monotonic", lambda: now)
+    current = TablePass(day, estimate=1_000_000, started=now, rows=5000)
+    sweep._schedule(current, 5000, complete=False)
+    assert sweep._global_next == now + 1.0  # 5,000 rows at 5,000 rows/s
+    assert current.next_due == now + 86400 * 5000 / 1_000_000  # its share of one pass a day
+    current = TablePass(hourly, estimate=0, started=now, rows=5000)
+    sweep._schedule(current, 5000, complete=False)
+    assert current.next_due == now  # size unknown: the global rate alone paces the first pass
+    current = TablePass(hourly, estimate=10_000, started=now - 600, rows=10_000)
+    sweep._schedule(current, 5000, complete=True)
+    assert current.next_due == now + 3000  # the next pass starts when the hour since this one began is over
