@@ -145,3 +145,12 @@ def test_sweep_pacing_arithmetic(monkeypatch: Any) -> None:
     current = TablePass(hourly, estimate=10_000, started=now - 600, rows=10_000)
     sweep._schedule(current, 5000, complete=True)
     assert current.next_due == now + 3000  # the next pass starts when the hour since this one began is over
+
+
+def test_readme_documents_every_tables_json_key() -> None:
+    from config import TABLES_SCHEMA
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    missing = [key for key in TABLES_SCHEMA["items"]["properties"] if f"`{key}`" not in text]
+    assert not missing, f"README.md lacks the tables.json key(s): {missing}"
