@@ -13,6 +13,11 @@ half-filled table.
 Deletes: an incremental table with ``"deletes": "reconcile"`` gets a key-only comparison after
 its sync when due, and the target rows whose key left the source are deleted (full-refresh tables
 need none: the refresh itself removes them).
+
+Guard rails (issue 14): the lower bound starts from the newest modifier not beyond the source's
+clock plus ``MAX_CLOCK_SKEW_SECONDS`` (rows dated in the future are counted, not followed); rows
+whose modifier is NULL are fingerprinted through the modifier index every cycle and re-copied
+when they differ; reconciliation, repair and the shadow swap ask :mod:`delete_guard` first.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ All three rest on :mod:`chunk_compare`'s chunked checksums:
 * A full-refresh table is left alone when identical, repaired chunk by chunk when few chunks
   differ, and reloaded by the shadow swap only when many do (:func:`refresh_by_chunks`).
 
+Every path that deletes asks :mod:`delete_guard` first (no mass delete by accident), and repair
+deletes a target row only when the source lacks its key byte for byte ('A' is not 'a'), so
+collation-equal keys converge. ``--print`` lists what repair would do and changes nothing.
+
 The source is only read. Target writes are short transactions of at most ``DELETE_BATCH`` rows
 (deletes) or ``CHUNK_SIZE`` rows (upserts), each holding a write slot.
 """
