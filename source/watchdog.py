@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from config import DatabaseSettings, Settings
 from database import Engines, connect_args, pool_status, sqlalchemy_url
-from error_handling import KILLED_BY_DAEMON_KEY, describe_error, mysql_error_code, own_kill_error
+from error_handling import KILLED_BY_DAEMON_KEY, QUERY_INTERRUPTED, describe_error, mysql_error_code, own_kill_error
 from monitoring import HealthServer, Metrics, SyncStatus, start_health_server
 from utils import StagingMonitor, mask_secrets
 
@@ -128,8 +128,11 @@ def track_connections(engine: Engine, registry: OwnConnections) -> None:
             connection_record.info.pop(KILLED_BY_DAEMON_KEY, None)
 
     def on_error(context: Any) -> BaseException | None:
+        # Only a 1317 looks at the connection: any other error (a lost connection) passes untouched.
+        if mysql_error_code(context.original_exception) != QUERY_INTERRUPTED:
+            return None
         connection = context.connection
-        if connection is None or connection.invalidated:
+        if connection is None or connection.closed or connection.invalidated:
             return None
         return own_kill_error(context.original_exception, connection.info)
 
