@@ -26,7 +26,6 @@ ENV TZ=Asia/Jakarta \
     RUNTIME__DLTHUB_TELEMETRY=false \
     TABLES_FILE=/app/config/tables.json \
     FILE_STAGING_DIR=/app/staging \
-    PIPELINES_DIR=/app/.dlt_pipelines \
     HEALTH_PORT=8089
 
 # Only what runs: time zone data (TZ) and curl (HEALTHCHECK). No compilers, no MySQL client libs
@@ -40,16 +39,16 @@ RUN apt-get update \
 # Unprivileged user (Debian already has a `sync` system account, hence `dltsync`).
 RUN groupadd --system --gid 10001 dltsync \
     && useradd --system --uid 10001 --gid dltsync --home-dir /app --shell /usr/sbin/nologin dltsync \
-    && mkdir -p /app/config /app/staging /app/.dlt_pipelines /var/log/app \
-    && chown dltsync:dltsync /app /app/staging /app/.dlt_pipelines /var/log/app \
+    && mkdir -p /app/config /app/staging /var/log/app \
+    && chown dltsync:dltsync /app /app/staging /var/log/app \
     && chmod 755 /app/staging /var/log/app
 
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=root:root source/ .
 
-# Staging files, logs and dlt pipeline state survive container re-creation.
-VOLUME ["/app/staging", "/var/log/app", "/app/.dlt_pipelines"]
+# Staging files and the log file (LOG_FILE) survive container re-creation.
+VOLUME ["/app/staging", "/var/log/app"]
 
 USER 10001:10001
 EXPOSE 8089
@@ -57,6 +56,6 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["sh", "-c", "curl -fsS -o /dev/null http://localhost:${HEALTH_PORT:-8089}/ || exit 1"]
 
-# Exec form: python is PID 1 and receives SIGTERM directly for a graceful stop; logs go to stdout
-# (`docker compose logs`).
+# Exec form: python is PID 1 and receives SIGTERM (stop) and SIGHUP (reload tables.json) directly;
+# logs go to stderr (`docker compose logs`) and, with LOG_FILE (compose sets it), to /var/log/app.
 CMD ["python", "db_pipeline.py"]

@@ -40,8 +40,9 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) bench/demo.py
 
-## Benchmark against plain dlt and the raw LOAD DATA pipe; writes bench/RESULTS.md.
+## Benchmark against plain dlt and the raw LOAD DATA pipe, plus start-up times; writes bench/RESULTS.md.
 bench: $(STAMP)
+	$(PY) bench/startup_bench.py
 	$(PY) bench/run_bench.py
 
 clean:

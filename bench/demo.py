@@ -1,7 +1,7 @@
 """`make demo`: two throwaway MariaDB servers with the demo schema and the sync daemon between them.
 
 No Docker needed. Everything lives under ``.demo/`` in the repository: the table list
-(``.demo/tables.json``), the servers' data directories and, per run, dlt's pipeline state and the
+(``.demo/tables.json``), the servers' data directories and, per run, the
 staging directory (``.demo/run-<pid>/``); all but the table list are removed on exit, so
 concurrent runs do not disturb each other. The source database ``demo_source`` is loaded from
 ``demo/schema.sql``; ``demo_target`` starts empty.
@@ -39,23 +39,37 @@ DAEMON = ROOT / "source" / "db_pipeline.py"
 STOP_TIMEOUT_SECONDS = 60.0
 
 
+POLL_SECONDS = 0.2
+
+
 class DemoStopped(KeyboardInterrupt):
-    """Raised in the main thread by the first SIGINT/SIGTERM; later signals are ignored."""
+    """Raised by :meth:`StopRequest.check` in the main thread once a SIGINT/SIGTERM arrived."""
 
 
-def _install_signal_handlers() -> None:
-    stopping = False
+class StopRequest:
+    """SIGINT/SIGTERM only record the signal here; the main loop checks it between steps.
 
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        if stopping:
-            print("demo: already stopping, please wait", flush=True)
-            return
-        stopping = True
-        raise DemoStopped(signal.Signals(signum).name)
+    The handler neither prints nor raises: a print landing while the main thread writes to the
+    same stream fails with "reentrant call", and an exception raised at a random point could
+    skip the servers' cleanup. A signal during teardown is recorded and otherwise ignored.
+    """
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM (main thread only)."""
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def check(self) -> None:
+        """Raise DemoStopped when a stop signal arrived."""
+        if self.signum is not None:
+            raise DemoStopped(signal.Signals(self.signum).name)
 
 
 def port_in_use(port: int) -> bool:
@@ -99,7 +113,6 @@ def daemon_environment(source: MariaDBServer, target: MariaDBServer, credentials
         "SOURCE_DB_HOST": source.host, "SOURCE_DB_PORT": str(source.port), "SOURCE_DB_NAME": SOURCE_DB,
         "TARGET_DB_HOST": target.host, "TARGET_DB_PORT": str(target.port), "TARGET_DB_NAME": TARGET_DB,
         "TABLES_FILE": str(DEMO_DIR / "tables.json"),
-        "PIPELINES_DIR": str(run_dir / "pipelines"),
         "FILE_STAGING_DIR": str(run_dir / "staging"),
     })
     return env
@@ -119,7 +132,16 @@ def stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
         daemon.wait()
 
 
-def run(once: bool, least_privilege: bool) -> int:
+def wait_for_daemon(daemon: subprocess.Popen[bytes], stop: StopRequest) -> int:
+    """The daemon's exit status; raises DemoStopped once a stop signal arrived (checked every poll)."""
+    while True:
+        try:
+            return daemon.wait(timeout=POLL_SECONDS)
+        except subprocess.TimeoutExpired:
+            stop.check()
+
+
+def run(once: bool, least_privilege: bool, stop: StopRequest) -> int:
     """Start servers and daemon; return the exit status (0 after Ctrl-C / SIGTERM)."""
     health_port = int(os.environ.get("HEALTH_PORT", "0" if once else "8089"))
     if health_port and port_in_use(health_port):
@@ -137,8 +159,10 @@ def run(once: bool, least_privilege: bool) -> int:
         print("demo: starting two MariaDB servers under .demo/ ...", flush=True)
         template = init_template(DEMO_DIR)
         for name in ("source", "target"):
+            stop.check()
             servers.append(MariaDBServer(DEMO_DIR / "servers", template, name))
             servers[-1].start()
+        stop.check()
         source, target = servers
         credentials = prepare_databases(source, target, least_privilege)
         env = daemon_environment(source, target, credentials, run_dir, once)
@@ -151,16 +175,15 @@ def run(once: bool, least_privilege: bool) -> int:
         command = [sys.executable, str(DAEMON)] + (["--once"] if once else [])
         print("demo: running " + " ".join(command[1:]), flush=True)
         # Own session: the terminal's Ctrl-C reaches only this script, which then stops the daemon once.
+        stop.check()
         daemon = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
-        status = daemon.wait()
+        status = wait_for_daemon(daemon, stop)
         print(f"demo: daemon exited with status {status}", flush=True)
         return status
     except DemoStopped as stop:
         print(f"\ndemo: {stop} received", flush=True)
         return 0
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: print("demo: already stopping, please wait", flush=True))
         if daemon is not None:
             stop_daemon(daemon)
         for server in reversed(servers):
@@ -177,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--least-privilege", action="store_true",
                         help="create the users of demo/grants.sql and let the daemon use them instead of root")
     args = parser.parse_args(argv)
-    _install_signal_handlers()
-    return run(args.once, args.least_privilege)
+    stop = StopRequest()
+    stop.install()
+    return run(args.once, args.least_privilege, stop)
 
 
 if __name__ == "__main__":

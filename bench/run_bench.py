@@ -229,7 +229,6 @@ class Bench:
             "TARGET_DB_HOST": self.target.host, "TARGET_DB_PORT": str(self.target.port),
             "TARGET_DB_NAME": target_db, "TARGET_DB_USER": "root", "TARGET_DB_PASS": "",
             "FILE_STAGING_DIR": str(self.workdir / f"staging_{target_db}"),
-            "PIPELINES_DIR": str(self.workdir / f"pipelines_{target_db}"),
             "HEALTH_PORT": "0", "LOG_LEVEL": "INFO",
             "DLT_TELEMETRY": "false", "RUNTIME__DLTHUB_TELEMETRY": "false",
         })
@@ -560,9 +559,10 @@ class Bench:
         lines += ["", "## Targets", ""]
         lines += self.targets()
         lines += ["", "## Run log", "", "```", *self.log_lines, "```", ""]
-        verify = BENCH / "VERIFY_RESULTS.md"
-        if verify.exists():
-            lines += ["", verify.read_text().rstrip(), ""]
+        for name in ("VERIFY_RESULTS.md", "STARTUP_RESULTS.md"):  # written by verify_bench.py, startup_bench.py
+            extra = BENCH / name
+            if extra.exists():
+                lines += ["", extra.read_text().rstrip(), ""]
         return "\n".join(lines)
 
     def targets(self) -> list[str]:

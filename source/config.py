@@ -12,12 +12,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import jsonschema
-from dotenv import dotenv_values
+from typing import TYPE_CHECKING, Any, Literal
 
 from error_handling import ConfigError
+
+if TYPE_CHECKING:
+    import jsonschema
+
+# The one version of the daemon: pyproject.toml reads it (tool.setuptools.dynamic), `--version`
+# prints it and the health JSON reports it.
+VERSION = "0.1.0"
 
 IDENTIFIER_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 
@@ -151,9 +155,15 @@ class Settings:
     chunk_size: int = 50000
     extract_backend: ExtractBackend = "auto"
     sanitize_policy: SanitizePolicy = "error"
-    pipelines_dir: Path = Path(".dlt_pipelines")
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    log_file: Path | None = None
+    log_file_max_mb: int = 10
+    log_file_backups: int = 5
+    # TRD 6.1.2 / 9.1.2 spellings, resolved by load_settings into pipeline_mode and log_level.
+    file_staging_enabled: bool | None = None
+    debug_mode: bool = False
+    fetch_limit: int = 1
     lag_threshold_seconds: float = 3600.0
     long_query_seconds: float = 1800.0
     kill_long_queries: bool = False
@@ -184,6 +194,7 @@ def _choice(*allowed: str):
             raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
         return value
 
+    parse.allowed = allowed  # type: ignore[attr-defined]  # read by the .env.example check
     return parse
 
 
@@ -205,6 +216,19 @@ def _ratio(text: str) -> float:
     value = _non_negative_float(text)
     if value > 1:
         raise ValueError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
+def _fetch_limit(text: str) -> int:
+    # TRD 6.1.2: "FETCH_LIMIT=1 # Batch size (1 = no batching)". A real per-cycle row cap would
+    # have to stop between rows sharing one modifier value without losing any of them; rows per
+    # query are already set by CHUNK_SIZE and a table's batch_size, so only 1 (no cap) is accepted.
+    value = int(text.strip())
+    if value != 1:
+        raise ValueError(
+            "only 1 (no cap) is supported; set rows per extract/load chunk with CHUNK_SIZE "
+            "or a table's batch_size in tables.json"
+        )
     return value
 
 
@@ -245,9 +269,14 @@ SETTING_VARIABLES: dict[str, tuple[str, Any]] = {
     "CHUNK_SIZE": ("chunk_size", _positive_int),
     "EXTRACT_BACKEND": ("extract_backend", _choice("auto", "connectorx", "pyarrow")),
     "SANITIZE_POLICY": ("sanitize_policy", _choice("error", "null")),
-    "PIPELINES_DIR": ("pipelines_dir", Path),
     "LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
     "LOG_FORMAT": ("log_format", _choice("text", "json")),
+    "LOG_FILE": ("log_file", Path),
+    "LOG_FILE_MAX_MB": ("log_file_max_mb", _positive_int),
+    "LOG_FILE_BACKUPS": ("log_file_backups", lambda t: int(_non_negative_float(t))),
+    "FILE_STAGING_ENABLED": ("file_staging_enabled", _parse_bool),
+    "DEBUG_MODE": ("debug_mode", _parse_bool),
+    "FETCH_LIMIT": ("fetch_limit", _fetch_limit),
     "LAG_THRESHOLD_SECONDS": ("lag_threshold_seconds", _non_negative_float),
     "LONG_QUERY_SECONDS": ("long_query_seconds", _non_negative_float),
     "KILL_LONG_QUERIES": ("kill_long_queries", _parse_bool),
@@ -276,6 +305,15 @@ DATABASE_VARIABLES: dict[str, tuple[str, Any]] = {
 }
 DATABASE_DEFAULTS = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 REQUIRED_DATABASE_KEYS = ("NAME",)
+# Variables starting with these belong to this daemon: an unknown one is most likely a typo.
+OWN_PREFIXES = (
+    "SOURCE_DB_", "TARGET_DB_", "FILE_STAGING_", "LOCK_TIMEOUT_", "POOL_", "HEALTH_", "LOG_", "LEASE_",
+    "WATCHDOG_", "EXTRACT_", "SANITIZE_", "PIPELINE_", "PIPELINES_", "TABLES_", "CHUNK_", "BATCH_",
+)
+# Variables earlier versions read, with what replaced them.
+RETIRED_VARIABLES = {
+    "PIPELINES_DIR": "the daemon keeps no dlt pipeline state (its sync state lives in the target's _dlt_sync_state table)",
+}
 
 
 def known_variables() -> list[str]:
@@ -284,9 +322,24 @@ def known_variables() -> list[str]:
     return names + list(SETTING_VARIABLES)
 
 
+def unknown_variable_warnings(environ: Mapping[str, str] | None = None, dotenv_path: Path | None = Path(".env")) -> list[str]:
+    """One warning per variable with one of our prefixes that the daemon does not read (a typo?)."""
+    env = _merged_environment(os.environ if environ is None else environ, dotenv_path)
+    known = set(known_variables())
+    warnings: list[str] = []
+    for name in sorted(env):
+        if name in RETIRED_VARIABLES:
+            warnings.append(f"environment variable {name} is no longer read: {RETIRED_VARIABLES[name]}")
+        elif name not in known and name.startswith(OWN_PREFIXES):
+            warnings.append(f"environment variable {name} is not a setting of this daemon and is ignored (a typo?)")
+    return warnings
+
+
 def _merged_environment(environ: Mapping[str, str], dotenv_path: Path | None) -> dict[str, str]:
     merged: dict[str, str] = {}
     if dotenv_path is not None and dotenv_path.is_file():
+        from dotenv import dotenv_values  # only when a .env exists: keeps --help and --version fast
+
         merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
     merged.update(environ)  # real environment variables win over .env
     return merged
@@ -328,11 +381,28 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: Path | 
         if raw is None or raw.strip() == "":
             continue
         kwargs[attr] = _parse(variable, raw, parser)
+    _resolve_trd_aliases(kwargs)
     settings = Settings(source=_database_settings("SOURCE", env), target=_database_settings("TARGET", env), **kwargs)
     if settings.lock_timeout_max_delay < settings.lock_timeout_base_delay:
         raise ConfigError("environment variable LOCK_TIMEOUT_MAX_DELAY must not be below LOCK_TIMEOUT_BASE_DELAY")
     _check_tls(settings)
     return settings
+
+
+def _resolve_trd_aliases(kwargs: dict[str, Any]) -> None:
+    """FILE_STAGING_ENABLED decides PIPELINE_MODE and DEBUG_MODE=true means LOG_LEVEL=DEBUG."""
+    enabled = kwargs.get("file_staging_enabled")
+    if enabled is not None:
+        wanted = "file_staging" if enabled else "direct"
+        mode = kwargs.get("pipeline_mode")
+        if mode is not None and mode != wanted:
+            raise ConfigError(
+                f"environment variables FILE_STAGING_ENABLED={'true' if enabled else 'false'} and "
+                f"PIPELINE_MODE={mode} contradict each other; set only one of them"
+            )
+        kwargs["pipeline_mode"] = wanted
+    if kwargs.get("debug_mode"):
+        kwargs["log_level"] = "DEBUG"
 
 
 def _check_tls(settings: Settings) -> None:
@@ -383,6 +453,8 @@ def _schema_error_message(path: Path, data: Any, error: jsonschema.ValidationErr
 
 def parse_tables(data: Any, path: Path) -> tuple[TableSpec, ...]:
     """Validate decoded tables.json content and turn it into ``TableSpec`` objects."""
+    import jsonschema  # here, not at module level: --help and --version need no validator
+
     validator = jsonschema.Draft7Validator(TABLES_SCHEMA)
     errors = sorted(validator.iter_errors(data), key=lambda e: (list(e.absolute_path), e.validator))
     if errors:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import tenacity
+if TYPE_CHECKING:
+    import tenacity
 
 logger = logging.getLogger("dlt_sync.error_handling")
 
@@ -210,12 +212,17 @@ def call_with_retries(
     jitter: float,
     stop_event: threading.Event,
     on_retry: Callable[[BaseException], None] | None = None,
+    on_recovered: Callable[[float], None] | None = None,
 ) -> T:
     """Run ``func``; retry transient errors with exponential backoff and jitter.
 
     The wait between attempts is ``stop_event.wait`` so a shutdown interrupts it at once
     (raising :class:`ShutdownRequested`). Terminal errors and the last transient error propagate.
+    ``on_recovered`` gets the seconds from the first failed attempt to the success of a retry.
     """
+    import tenacity  # here, not at module level: the command line answers --help without it
+
+    first_failure: list[float] = []
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -228,6 +235,8 @@ def call_with_retries(
             describe_error(exc) if exc else "?",
             delay,
         )
+        if not first_failure:
+            first_failure.append(time.monotonic())
         if on_retry is not None and exc is not None:
             on_retry(exc)
 
@@ -244,7 +253,10 @@ def call_with_retries(
         before_sleep=before_sleep,
         reraise=True,
     )
-    return retrying(func)
+    result = retrying(func)
+    if first_failure and on_recovered is not None:
+        on_recovered(time.monotonic() - first_failure[0])
+    return result
 
 
 def retry_kwargs(settings: Any) -> dict[str, Any]:

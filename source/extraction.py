@@ -24,10 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-import pandas  # noqa: F401 - imported here, in the main thread: see below
 import pyarrow as pa
 import sqlalchemy as sa
-from dlt.sources.sql_database import sql_table
 
 from config import Settings
 from data_processing import select_list
@@ -109,6 +107,18 @@ def build_query(
     return sa.text(sql).bindparams(**params) if params else sa.text(sql)
 
 
+def preload_extraction_libraries() -> None:
+    """Import pandas and dlt's ``sql_table`` resource in the calling thread (once per process).
+
+    dlt and pyarrow import pandas lazily, and dlt's check for DataFrames failed with "partially
+    initialized module 'pandas'" while a worker thread was importing it, so both are imported
+    before any extraction thread starts. Not at module import: together they cost about a second
+    that ``--help``, ``--check`` and idle cycles (nothing to extract) never need.
+    """
+    import dlt.sources.sql_database  # noqa: F401
+    import pandas  # noqa: F401
+
+
 def extract(
     engines: Engines,
     settings: Settings,
@@ -119,7 +129,25 @@ def extract(
     backend: Backend,
     paging: Paging | None = None,
 ) -> Iterator[pa.Table]:
-    """Yield the selected rows of the table as Arrow tables of at most ``chunk_size`` rows."""
+    """Yield the selected rows of the table as Arrow tables of at most ``chunk_size`` rows.
+
+    Call it in the main thread (the rows may then be read in another): it preloads the extraction
+    libraries here, before the returned iterator runs anywhere.
+    """
+    preload_extraction_libraries()
+    return _extract(engines, settings, source_def, modifier, lower_bound, chunk_size, backend, paging)
+
+
+def _extract(
+    engines: Engines,
+    settings: Settings,
+    source_def: TableDefinition,
+    modifier: str | None,
+    lower_bound: str | None,
+    chunk_size: int,
+    backend: Backend,
+    paging: Paging | None = None,
+) -> Iterator[pa.Table]:
     if paging is None:
         yield from _read(engines, settings, build_query(source_def.name, source_def.loaded_columns, modifier, lower_bound),
                          source_def.name, chunk_size, backend)
@@ -140,10 +168,10 @@ def extract(
 def _read(engines: Engines, settings: Settings, query: sa.TextClause, table: str, chunk_size: int, backend: Backend) -> Iterator[pa.Table]:
     """Run ``query`` through dlt's ``sql_table`` resource; yield its Arrow tables.
 
-    Runs in :func:`prefetch`'s worker thread. dlt and pyarrow import pandas lazily, and dlt's
-    check for DataFrames failed with "partially initialized module 'pandas'" while another
-    thread was importing it, so this module imports pandas and dlt's resource up front.
+    Runs in :func:`prefetch`'s worker thread, after :func:`extract` preloaded dlt and pandas.
     """
+    from dlt.sources.sql_database import sql_table  # already imported by preload_extraction_libraries
+
     def adapt(_query: Any, _table: Any, *_args: Any) -> sa.TextClause:
         return query
 

@@ -41,7 +41,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +56,8 @@ from target_loader import rechunk
 
 logger = logging.getLogger("dlt_sync.file_staging")
 
+# Counts staging operations for the metrics (``Metrics.staging_operation``): (operation, n).
+OperationCounter = Callable[[str, int], None]
 PART_SUFFIX = ".parquet"
 PARTIAL_SUFFIX = ".partial"
 
@@ -81,7 +83,14 @@ def remove_leftover_runs(directory: Path) -> int:
     return removed
 
 
-def write_parts(batches: Iterable[pa.Table], directory: Path, chunk_rows: int, compression: str | None) -> Iterator[Path]:
+def _no_count(_operation: str, _n: int = 1) -> None:
+    """The default :data:`OperationCounter`: counts nothing."""
+
+
+def write_parts(
+    batches: Iterable[pa.Table], directory: Path, chunk_rows: int, compression: str | None,
+    count: OperationCounter = _no_count,
+) -> Iterator[Path]:
     """Write ``batches`` regrouped into ``chunk_rows``-row Parquet part files; yield each finished file."""
     for number, chunk in enumerate(rechunk(batches, chunk_rows), start=1):
         path = directory / f"part-{number:06d}{PART_SUFFIX}"
@@ -94,10 +103,11 @@ def write_parts(batches: Iterable[pa.Table], directory: Path, chunk_rows: int, c
             partial.rename(path)
         except OSError as exc:
             raise StagingError(f"cannot write staging file {path}: {exc.strerror or exc}") from exc
+        count("write", 1)
         yield path
 
 
-def read_parts(paths: Iterable[Path]) -> Iterator[pa.Table]:
+def read_parts(paths: Iterable[Path], count: OperationCounter = _no_count) -> Iterator[pa.Table]:
     """Read each part file; a part is removed when the next one is requested (its chunk was committed)."""
     previous: Path | None = None
     for path in paths:
@@ -107,13 +117,15 @@ def read_parts(paths: Iterable[Path]) -> Iterator[pa.Table]:
             table = pq.read_table(path)
         except OSError as exc:
             raise StagingError(f"cannot read staging file {path}: {exc.strerror or exc}") from exc
+        count("read", 1)
         previous = path
         yield table
 
 
 @contextmanager
 def staged_batches(
-    settings: Settings, table: str, batches: Iterable[pa.Table], chunk_rows: int
+    settings: Settings, table: str, batches: Iterable[pa.Table], chunk_rows: int,
+    count: OperationCounter | None = None,
 ) -> Iterator[Iterator[pa.Table]]:
     """Stage ``batches`` as Parquet part files in a background thread; yield an iterator over the parts.
 
@@ -123,6 +135,7 @@ def staged_batches(
     Raises:
         StagingError: the staging directory cannot be created or written.
     """
+    count = count or _no_count
     parent = table_directory(settings, table)
     run = parent / f"{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:8]}"
     try:
@@ -131,11 +144,12 @@ def staged_batches(
     except OSError as exc:
         raise StagingError(f"table {table!r}: cannot use staging directory {parent}: {exc.strerror or exc}") from exc
     if leftovers:
+        count("cleanup", leftovers)
         logger.info("FILE_STAGING - CLEANUP - %s: removed %d staged run(s) a failed load left behind", table, leftovers)
-    parts = write_parts(batches, run, chunk_rows, compression_codec(settings.file_staging_compression))
+    parts = write_parts(batches, run, chunk_rows, compression_codec(settings.file_staging_compression), count)
     try:
         with prefetch(parts, depth=None, name=f"staging-{table}") as finished:
-            yield read_parts(finished)
+            yield read_parts(finished, count)
     except BaseException:
         logger.warning("FILE_STAGING - KEEP - %s: load failed; staged files kept under %s", table, run)
         raise
@@ -143,6 +157,7 @@ def staged_batches(
         shutil.rmtree(run)
     except OSError as exc:
         raise StagingError(f"table {table!r}: cannot remove staged run {run}: {exc.strerror or exc}") from exc
+    count("cleanup", 1)
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import status_page
-from config import Settings
+from config import VERSION, Settings
 from database import Engines, pool_status
 from error_handling import ConfigError
 from utils import ProcessSampler, StagingMonitor, as_utc, iso, mask_all, mask_secrets
 
 logger = logging.getLogger("dlt_sync.monitoring")
 
-VERSION = "1.0.0"
 POOL_WARNING_PERCENT = 80.0
 ROLES = ("source", "target")
 # Table syncs remembered per table for the status page's sparklines (in memory only).
@@ -119,6 +118,16 @@ class SyncStatus:
     def register_tables(self, specs: Any) -> None:
         """Create a status entry per configured table (``specs``: iterable of TableSpec)."""
         with self._lock:
+            for spec in specs:
+                self.tables.setdefault(spec.table, TableStatus(table=spec.table, strategy=spec.strategy))
+
+    def set_tables(self, specs: Any) -> None:
+        """The table list changed (SIGHUP): new tables get an entry, removed ones are dropped."""
+        names = {spec.table for spec in specs}
+        with self._lock:
+            for table in [t for t in self.tables if t not in names]:
+                del self.tables[table]
+                self.history.pop(table, None)
             for spec in specs:
                 self.tables.setdefault(spec.table, TableStatus(table=spec.table, strategy=spec.strategy))
 
@@ -548,7 +557,10 @@ class Metrics:
             "file_staging_operations", "File-staging operations", ["operation"], registry=registry
         )
         self.recovery_time = Histogram(
-            "error_recovery_time", "Seconds from an error to the recovery", buckets=DURATION_BUCKETS, registry=registry
+            "error_recovery_time",
+            "Seconds from the first failed attempt of a retried operation to its success",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
         self.deleted = Counter(
             "rows_deleted_total", "Rows removed by delete reconciliation", ["table"], registry=registry
@@ -610,9 +622,10 @@ class Metrics:
         """One batch of tables took ``seconds``."""
         self.batch_time.observe(max(seconds, 0.0))
 
-    def staging_operation(self, operation: str) -> None:
-        """Count one file-staging operation (``write``, ``read``, ``cleanup``, ...)."""
-        self.staging_ops.labels(operation).inc()
+    def staging_operation(self, operation: str, n: int = 1) -> None:
+        """Count ``n`` file-staging operations: ``write`` / ``read`` (one part file each),
+        ``cleanup`` (a finished or leftover run removed), ``expire`` (a file past the retention)."""
+        self.staging_ops.labels(operation).inc(max(n, 0))
 
     def observe_recovery(self, seconds: float) -> None:
         """Recovering from an error (e.g. a lost connection) took ``seconds``."""

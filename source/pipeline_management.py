@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from dlt.extract.exceptions import ResourceExtractionError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -267,6 +266,8 @@ class TableSyncer:
             # Cleanup is housekeeping: the cycle goes on, and each staged load reports its own errors.
             logger.warning("FILE_STAGING - CLEANUP - %s", describe_error(exc))
             return
+        if usage.removed_files and self.metrics is not None:
+            self.metrics.staging_operation("expire", usage.removed_files)
         if usage.removed_files:
             logger.info("FILE_STAGING - CLEANUP - removed %d file(s) older than %gh from %s", usage.removed_files,
                         self.settings.file_staging_retention_hours, directory)
@@ -297,6 +298,7 @@ class TableSyncer:
                 what=f"syncing {spec.table}",
                 stop_event=self.stop_event,
                 on_retry=self._on_retry,
+                on_recovered=self._on_recovered,
                 **retry_kwargs(self.settings),
             )
         except ShutdownRequested as exc:
@@ -349,6 +351,11 @@ class TableSyncer:
             self.status.delete_refused(exc.table, str(exc))
             if self.metrics is not None:
                 self.metrics.delete_refused(exc.table)
+
+    def _on_recovered(self, seconds: float) -> None:
+        """A retried sync succeeded ``seconds`` after its first failed attempt."""
+        if self.metrics is not None:
+            self.metrics.observe_recovery(seconds)
 
     def _on_retry(self, exc: BaseException) -> None:
         if is_connection_error(exc):
@@ -426,7 +433,8 @@ class TableSyncer:
         if mode == "file_staging":
             from file_staging import staged_batches
 
-            return staged_batches(self.settings, spec.table, batches, rows)
+            count = self.metrics.staging_operation if self.metrics is not None else None
+            return staged_batches(self.settings, spec.table, batches, rows, count)
         return prefetch(rechunk(batches, rows), depth=1, name=f"extract-{spec.table}")
 
     def _extraction_plan(
@@ -479,6 +487,9 @@ class TableSyncer:
             with self._stream(spec, mode, source_def, lower, backend, paging if backend == "connectorx" else None) as batches, progress(spec.table, estimate, self.settings) as bar:
                 return loader.load(table, source_def.loaded_columns, spec.primary_key, batches, into_empty=into_empty,
                                    chunk_rows=self._chunk_rows(spec), on_chunk=bar.advance)
+
+        # Rows are about to be extracted, so dlt is needed now anyway (imported in this, the main thread).
+        from dlt.extract.exceptions import ResourceExtractionError
 
         try:
             rows = run(backend)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,12 +45,16 @@ def table_plan(engines: Engines, settings: Settings, spec: TableSpec) -> dict[st
     return plan
 
 
-def run_check(engines: Engines, settings: Settings, specs: Sequence[TableSpec]) -> int:
-    """Print the per-table plan; 0 when every table can be synced, 1 otherwise."""
+def run_check(engines: Engines, settings: Settings, specs: Sequence[TableSpec], stop: threading.Event | None = None) -> int:
+    """Print the per-table plan; 0 when every table can be synced, 1 otherwise (also when ``stop``
+    is set before every table was checked)."""
     code = 0
     check_connectivity(engines)
     print(f"{'table':<32} {'strategy':<13} {'mode':<13} {'backend':<11} {'key':<28} {'modifier':<16} watermark")
     for spec in specs:
+        if stop is not None and stop.is_set():
+            print("interrupted: not every table was checked")
+            return 1
         try:
             plan = table_plan(engines, settings, spec)
         except Exception as exc:  # noqa: BLE001 - reported per table, the others are still checked

@@ -98,12 +98,16 @@ class SecretMaskingFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """``timestamp - LEVEL - COMPONENT - OPERATION - message`` (TRD 5.4.1), timestamps in UTC."""
+    """``timestamp - LEVEL - COMPONENT - OPERATION - message`` (TRD 5.4.1).
 
-    converter = time.gmtime
+    Timestamps are local time of the process's ``TZ`` (the image sets Asia/Jakarta) and carry
+    their UTC offset, ``2026-12-02 12:30:45+0700``, so lines stay unambiguous across zones.
+    """
+
+    converter = time.localtime
 
     def __init__(self) -> None:
-        super().__init__(datefmt="%Y-%m-%d %H:%M:%S")
+        super().__init__(datefmt="%Y-%m-%d %H:%M:%S%z")
 
     def format(self, record: logging.LogRecord) -> str:
         component, operation, text = split_message(record, record.getMessage())
@@ -121,7 +125,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = mask_secrets(record.getMessage())
         component, operation, text = split_message(record, message)
-        stamp = datetime.fromtimestamp(record.created, tz=UTC)
+        stamp = datetime.fromtimestamp(record.created, tz=UTC).astimezone()  # local time of TZ, with offset
         payload: dict[str, Any] = {
             "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
@@ -148,21 +152,33 @@ def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
 
 
 def setup_logging(settings: Settings, stream: TextIO | None = None) -> None:
-    """Send all logging to stderr (or ``stream``) in the configured format, with secrets masked.
+    """Send all logging to stderr (or ``stream``) in the configured format, with secrets masked;
+    with ``LOG_FILE`` also to that file, rotated at ``LOG_FILE_MAX_MB`` keeping ``LOG_FILE_BACKUPS``.
 
-    Idempotent: a second call replaces the handler installed by the first one. Handlers installed
+    Idempotent: a second call replaces the handlers installed by the first one. Handlers installed
     by others (pytest's capture, for instance) are left alone.
+
+    Raises:
+        OSError: ``LOG_FILE`` cannot be opened for appending.
     """
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_dlt_sync_handler", False):
             root.removeHandler(handler)
             handler.close()
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler._dlt_sync_handler = True  # type: ignore[attr-defined]
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
-    handler.addFilter(SecretMaskingFilter())
-    root.addHandler(handler)
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream if stream is not None else sys.stderr)]
+    if settings.log_file is not None:
+        from logging.handlers import RotatingFileHandler
+
+        handlers.append(RotatingFileHandler(
+            settings.log_file, maxBytes=settings.log_file_max_mb * 1024 * 1024,
+            backupCount=settings.log_file_backups, encoding="utf-8",
+        ))
+    for handler in handlers:
+        handler._dlt_sync_handler = True  # type: ignore[attr-defined]
+        handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+        handler.addFilter(SecretMaskingFilter())
+        root.addHandler(handler)
     level = logging.getLevelName(settings.log_level.upper())
     root.setLevel(level)
     logging.getLogger("dlt_sync").setLevel(level)

@@ -92,6 +92,15 @@ class VerificationSweep(threading.Thread):
                 current.next_due = time.monotonic() + RETRY_SECONDS
         logger.info("VERIFY - SWEEP - stopped")
 
+    def set_tables(self, specs: Sequence[TableSpec]) -> None:
+        """SIGHUP changed the table list: kept tables keep their place, new ones start, removed ones stop.
+
+        One list assignment, read by the sweep thread at its next step (no lock needed).
+        """
+        kept = {p.spec.table: p for p in self.passes}
+        self.passes = [kept[spec.table] if spec.table in kept and kept[spec.table].spec == spec else TablePass(spec)
+                       for spec in specs]
+
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the sweep to stop and wait up to ``timeout`` seconds for it."""
         self.stop_event.set()

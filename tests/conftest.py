@@ -85,7 +85,6 @@ class SyncEnv:
             "LOCK_TIMEOUT_MAX_DELAY": "1",
             "LOCK_TIMEOUT_RETRIES": "3",
             "FILE_STAGING_DIR": str(self.workdir / "staging"),
-            "PIPELINES_DIR": str(self.workdir / "pipelines"),
             "TABLES_FILE": str(self.workdir / "tables.json"),
             "HEALTH_PORT": "0",
             "POOL_SIZE": "5",

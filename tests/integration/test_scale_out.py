@@ -98,8 +98,7 @@ def test_three_replicas_share_thirty_tables_and_take_over(sync_env: SyncEnv) -> 
     sync_env.write_tables([{"table": t, "primary_key": "id", "modifier": "updated_at"} for t in TABLES])
     replicas = []
     for i in range(3):
-        env = {**os.environ, **sync_env.environ(LEASE_ENABLED="true", INTERVAL=str(INTERVAL), BATCH_DELAY="0",
-                                                PIPELINES_DIR=str(sync_env.workdir / f"p{i}"))}
+        env = {**os.environ, **sync_env.environ(LEASE_ENABLED="true", INTERVAL=str(INTERVAL), BATCH_DELAY="0")}
         replicas.append(Replica(env, f"replica{i}"))
     try:
         assert wait_for(lambda: all(r.connection_id() for r in replicas), 30)

@@ -36,8 +36,8 @@ OBSERVABILITY = ROOT / "observability"
 
 
 def is_compose_only(name: str) -> bool:
-    """Variables of the MariaDB images (MARIADB_*), which the daemon never reads."""
-    return name.startswith("MARIADB_")
+    """Variables of the MariaDB images (MARIADB_*) and of compose itself, which the daemon never reads."""
+    return name.startswith("MARIADB_") or name == "HOST_TABLES_FILE"
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,10 @@ def dockerfile_args(keyword: str) -> list[str]:
 
 def test_compose_has_the_three_services(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) - MONITORING_SERVICES == SERVICES
+    # The demo servers start only with `--profile demo`; a production `up` starts the daemon alone.
+    assert compose["services"]["mysql_source"]["profiles"] == ["demo"]
+    assert compose["services"]["mysql_target"]["profiles"] == ["demo"]
+    assert "profiles" not in compose["services"]["dlt_pipeline"]
 
 
 @pytest.mark.parametrize("name", ["mysql_source", "mysql_target"])
@@ -126,9 +130,10 @@ def test_source_is_seeded_with_the_demo_schema(compose: dict[str, Any]) -> None:
 
 
 def test_pipeline_waits_for_healthy_databases(pipeline: dict[str, Any]) -> None:
+    """With --profile demo; without it the demo servers are not required."""
     assert pipeline["depends_on"] == {
-        "mysql_source": {"condition": "service_healthy"},
-        "mysql_target": {"condition": "service_healthy"},
+        "mysql_source": {"condition": "service_healthy", "required": False},
+        "mysql_target": {"condition": "service_healthy", "required": False},
     }
 
 
@@ -153,10 +158,10 @@ def test_pipeline_reads_env_file_and_mounted_tables(pipeline: dict[str, Any]) ->
     assert ".env" in env_files
     env = environment(pipeline)
     mounts = volume_targets(pipeline)
-    assert mounts[env["TABLES_FILE"]] == {"source": "./tables.json", "read_only": True}
-    for variable in ("FILE_STAGING_DIR", "PIPELINES_DIR"):
-        assert env[variable] in mounts, f"{variable}={env[variable]} is not a volume"
-    assert "/var/log/app" in mounts
+    assert mounts[env["TABLES_FILE"]] == {"source": "${HOST_TABLES_FILE:-./tables.json}", "read_only": True}
+    assert (ROOT / "tables.json").is_file()
+    assert env["FILE_STAGING_DIR"] in mounts, f"FILE_STAGING_DIR={env['FILE_STAGING_DIR']} is not a volume"
+    assert str(Path(env["LOG_FILE"]).parent) in mounts, f"LOG_FILE={env['LOG_FILE']} is not in a volume"
 
 
 def test_pipeline_environment_names_are_known_to_config(pipeline: dict[str, Any]) -> None:
@@ -165,8 +170,9 @@ def test_pipeline_environment_names_are_known_to_config(pipeline: dict[str, Any]
     unknown = {name for name in env if name not in known and not is_compose_only(name)}
     assert not unknown, f"dlt_pipeline sets variables config.py does not read: {sorted(unknown)}"
     # MARIADB_* may appear only to blank what env_file would otherwise leak into the container.
-    assert all(value == "" for name, value in env.items() if is_compose_only(name))
-    assert env["SOURCE_DB_HOST"] == "mysql_source" and env["TARGET_DB_HOST"] == "mysql_target"
+    assert all(value == "" for name, value in env.items() if name.startswith("MARIADB_"))
+    # The databases come from .env (production hosts there), not forced to the demo servers.
+    assert not {"SOURCE_DB_HOST", "TARGET_DB_HOST", "SOURCE_DB_PORT", "TARGET_DB_PORT"} & set(env)
 
 
 @pytest.mark.parametrize("name", ["mysql_source", "mysql_target"])
@@ -256,7 +262,7 @@ def test_dockerfile_environment_and_volumes() -> None:
     for setting in ("TZ=Asia/Jakarta", "LANG=C.UTF-8", "LC_ALL=C.UTF-8", "TABLES_FILE=/app/config/tables.json"):
         assert setting in env
     volumes = set(json.loads(dockerfile_args("VOLUME")[-1]))
-    assert {"/app/staging", "/var/log/app", "/app/.dlt_pipelines"} <= volumes
+    assert volumes == {"/app/staging", "/var/log/app"}
 
 
 def test_no_configuration_is_baked_into_the_image() -> None:
@@ -291,13 +297,23 @@ def test_readme_test_command_is_the_ci_command() -> None:
     assert "make test" in readme.read_text(encoding="utf-8")
 
 
-def test_gitlab_build_job_pushes_the_commit_image(gitlab_ci: dict[str, Any]) -> None:
+def test_gitlab_build_job_builds_the_image_and_pushes_nothing(gitlab_ci: dict[str, Any]) -> None:
+    """The deploy builds on the host from the tag (TRD 9.2.1), so a pushed image would go unused."""
     job = gitlab_ci["build"]
     assert job["stage"] == "build"
     assert any("docker:" in str(service) and "dind" in str(service) for service in job["services"])
     script = "\n".join(job["script"])
-    assert "docker push" in script and "$CI_COMMIT_TAG" in script
-    assert "$CI_REGISTRY_IMAGE:$CI_COMMIT_SHA" in job["variables"]["IMAGE"]
+    assert "docker build" in script
+    assert "docker push" not in GITLAB_CI.read_text() and "CI_REGISTRY" not in GITLAB_CI.read_text()
+
+
+def test_gitlab_lint_job_runs_ruff_at_the_pinned_version(gitlab_ci: dict[str, Any]) -> None:
+    job = gitlab_ci["lint"]
+    assert job["stage"] == "test"
+    script = "\n".join(job["script"])
+    assert "ruff check source tests bench" in script
+    assert "grep '^ruff==' requirements-dev.txt" in script
+    assert re.search(r"^ruff==", (ROOT / "requirements-dev.txt").read_text(), flags=re.M)
 
 
 def test_gitlab_deploy_runs_only_on_version_tags(gitlab_ci: dict[str, Any]) -> None:
@@ -310,17 +326,19 @@ def test_gitlab_deploy_runs_only_on_version_tags(gitlab_ci: dict[str, Any]) -> N
     match = re.fullmatch(r"\$CI_COMMIT_TAG =~ /(.+)/", rule["if"])
     assert match, rule["if"]
     pattern = re.compile(match.group(1))
-    for tag in ("v1.2.3", "v10.0.12"):
+    assert match.group(1) == r"^v(\d+\.)+\d+$"  # TRD 9.2.1's pattern, verbatim
+    for tag in ("v1.2.3", "v10.0.12", "v1.2"):
         assert pattern.search(tag), tag
-    for ref in ("main", "1.2.3", "v1.2", "v1.2.3-rc1", "release-v1.2.3"):
+    for ref in ("main", "1.2.3", "v1", "v1.2.3-rc1", "release-v1.2.3"):
         assert not pattern.search(ref), ref
 
 
-def test_gitlab_deploy_uses_ci_variables_only(gitlab_ci: dict[str, Any]) -> None:
+def test_gitlab_deploy_uses_the_trd_variables_and_the_deploy_script(gitlab_ci: dict[str, Any]) -> None:
     job = gitlab_ci["deploy_production"]
     text = yaml.safe_dump(job)
-    for variable in ("DEPLOY_HOST", "DEPLOY_USER", "DEPLOY_SSH_KEY", "DEPLOY_PATH"):
+    for variable in ("CNT_SYNC_DB_PROD", "CNT_SYNC_DB_PROD_KEY"):
         assert f"${variable}" in text
+    assert job["script"] == ["sh .ci/deploy.sh"]
     assert "BEGIN" not in GITLAB_CI.read_text() and "PRIVATE KEY" not in GITLAB_CI.read_text()
 
 
@@ -391,7 +409,7 @@ def test_demo_environment_points_at_the_demo_servers(tmp_path: Path, monkeypatch
     env = demo.daemon_environment(Server(), Server(), {"SOURCE_DB_USER": "root"}, tmp_path, once=False)  # type: ignore[arg-type]
     assert env["INTERVAL"] == "5" and env["HEALTH_PORT"] == "8089"
     assert env["SOURCE_DB_NAME"] == demo.SOURCE_DB and env["TARGET_DB_PORT"] == "3310"
-    assert env["PIPELINES_DIR"].startswith(str(tmp_path)) and env["FILE_STAGING_DIR"].startswith(str(tmp_path))
+    assert env["FILE_STAGING_DIR"].startswith(str(tmp_path)) and "PIPELINES_DIR" not in env
     assert demo.daemon_environment(Server(), Server(), {}, tmp_path, once=True)["HEALTH_PORT"] == "0"  # type: ignore[arg-type]
 
 
@@ -430,9 +448,10 @@ def test_compose_config_validates(tmp_path: Path) -> None:
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
     shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
     shutil.copytree(DEMO, tmp_path / "demo")
-    shutil.copy(DEMO / "tables.json", tmp_path / "tables.json")
-    result = subprocess.run([*command, "config", "--quiet"], cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    shutil.copy(ROOT / "tables.json", tmp_path / "tables.json")
+    for profile in ([], ["--profile", "demo"]):
+        result = subprocess.run([*command, *profile, "config", "--quiet"], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
 
 
 def test_compose_monitoring_profile_validates(tmp_path: Path) -> None:
@@ -448,7 +467,7 @@ def test_compose_monitoring_profile_validates(tmp_path: Path) -> None:
         [*command, "--profile", "monitoring", "config", "--services"], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) == SERVICES | MONITORING_SERVICES
+    assert set(result.stdout.split()) == {"dlt_pipeline"} | MONITORING_SERVICES  # the demo servers: --profile demo
     default = subprocess.run([*command, "config", "--services"], cwd=tmp_path, capture_output=True, text=True)
     assert set(default.stdout.split()) & MONITORING_SERVICES == set(), "monitoring must be off by default"
 

@@ -95,7 +95,7 @@ def test_mask_all_walks_nested_structures() -> None:
 
 # --------------------------------------------------------------------------- log formats
 TEXT_LINE = re.compile(
-    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - [A-Z0-9_]+ - [A-Z0-9_]+ - "
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - [A-Z0-9_]+ - [A-Z0-9_]+ - "
 )
 
 
