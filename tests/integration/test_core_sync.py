@@ -4,7 +4,6 @@ swap never empty, restart without dlt's working directory, the daemon loop and i
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -154,16 +153,15 @@ def _syncer(env: SyncEnv, **overrides: Any) -> Any:
     return syncer, config.load_tables(settings.tables_file)
 
 
-def test_restart_without_dlt_directory_neither_gap_nor_reload(sync_env: SyncEnv) -> None:
+def test_restart_neither_gap_nor_reload(sync_env: SyncEnv) -> None:
+    """A new process (a syncer without any in-memory state) reads only the window behind the
+    target's watermark: nothing local is needed to resume."""
     sync_env.src(SCHEMA)
     sync_env.src(DATA)
     sync_env.write_tables([TABLES[1]])
     syncer, specs = _syncer(sync_env)
     try:
         assert syncer.sync_table(specs[0]).rows == 20000
-        shutil.rmtree(sync_env.workdir / "pipelines", ignore_errors=True)
-        (sync_env.workdir / "pipelines").mkdir()
-        (sync_env.workdir / "pipelines" / "state.json").write_text("{corrupt")
         sync_env.src("UPDATE orders SET note = 'after restart', updated_at = NOW(6) WHERE id IN (3, 5, 7, 11, 13)")
     finally:
         syncer.engines.dispose()
