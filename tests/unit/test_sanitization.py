@@ -10,11 +10,13 @@ import re
 import pyarrow as pa
 import pytest
 
+from dialect import Dialect
 from error_handling import DataError
 from sanitization import LoadPlan, SanitizeCounter, sql_mode_flags, unstorable_check
 from schema_management import Column
 
 STRICT_NO_ZERO = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE"
+MARIADB = Dialect("mariadb", (10, 11, 6))
 
 
 def col(name: str, data_type: str, column_type: str | None = None, *, nullable: bool = True, charset: str | None = None) -> Column:
@@ -142,11 +144,11 @@ def test_enum_fixup_updates_only_that_column_in_a_non_strict_statement() -> None
     ]
     plan = LoadPlan("t", columns, "error", STRICT_NO_ZERO)
     assert plan.value_expressions(["c0", "c1", "c2"])[2] == "IF(c2 = '', 'x', CONVERT(c2 USING utf8mb4))"
-    assert plan.fixup_statements("t__dlt_new", "_stage", ["k", "NAME"]) == [
+    assert plan.fixup_statements("t__dlt_new", "_stage", ["k", "NAME"], MARIADB) == [
         "SET STATEMENT sql_mode='NO_ZERO_DATE,NO_ZERO_IN_DATE' FOR UPDATE `t__dlt_new` AS t JOIN `_stage` AS s "
         "ON t.`k` = s.c0 AND t.`NAME` = CONVERT(s.c1 USING utf8mb4) SET t.`e` = '' WHERE s.c2 = ''"
     ]
-    assert LoadPlan("t", columns[:2], "error", STRICT_NO_ZERO).fixup_statements("t", "_stage", ["k"]) == []
+    assert LoadPlan("t", columns[:2], "error", STRICT_NO_ZERO).fixup_statements("t", "_stage", ["k"], MARIADB) == []
 
 
 def test_needs_stage_only_for_checks_or_an_empty_enum_value() -> None:
