@@ -39,7 +39,7 @@ logger = logging.getLogger("dlt_sync.ddl_translation")
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'")
 _MASK = re.compile("\x00(\\d+)\x00")
-_TYPE = re.compile(r"^([a-z]+)(\((?:[^()]|\([^()]*\))*\))?", re.IGNORECASE)
+_TYPE = re.compile(r"^([a-z][a-z0-9]*)(\((?:[^()]|\([^()]*\))*\))?", re.IGNORECASE)
 _CURRENT_TIMESTAMP = re.compile(r"\bcurrent_timestamp\(\s*(\d*)\s*\)", re.IGNORECASE)
 _DEFAULT = re.compile(
     r"\sDEFAULT\s+(\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)|[\w.+-]+\((?:[^()]|\([^()]*\))*\)|\x00\d+\x00|[^\s,]+)",
@@ -180,11 +180,14 @@ def translate_column(definition: str, source: Dialect, target: Dialect, warn: Ca
         rest = _CURRENT_TIMESTAMP.sub(lambda m: f"CURRENT_TIMESTAMP({m.group(1)})" if m.group(1) else "CURRENT_TIMESTAMP", rest)
         rest = re.sub(r"\bPERSISTENT\b", "STORED", rest)
     default = _DEFAULT.search(rest)
-    if default and cross:
+    if default:
         value = default.group(1)
         is_literal = value.upper() != "NULL" and not _CURRENT_TIMESTAMP.fullmatch(value) and value.upper() != "CURRENT_TIMESTAMP"
-        blob_literal = base in _BLOB_LIKE and is_literal and target.is_mysql
-        if _is_expression_default(value) or blob_literal:
+        expression = _is_expression_default(value)
+        # Across flavors the functions differ; MySQL < 8.0.13 has no expression defaults at all,
+        # and MySQL refuses a literal default on TEXT/BLOB/JSON/GEOMETRY (error 1101).
+        unsupported = target.is_mysql and not target.at_least(8, 0, 13) and expression
+        if (cross and (expression or (base in _BLOB_LIKE and is_literal and target.is_mysql))) or unsupported:
             rest = rest[: default.start()] + rest[default.end():]
             warn(f"default {_unmask(value, literals)} cannot be carried to {target.label}; dropped (synced rows bring their own values)")
 
@@ -218,8 +221,10 @@ def translate_key(line: str, target: Dialect, warn: Callable[[str], None]) -> st
             warn(f"functional index parts do not exist on {target.label}; index left out: {line.strip()}")
             return None
         text = re.sub(r"\s*/\*!80000 INVISIBLE \*/", " IGNORED" if target.at_least(10, 6) else "", text)
-    elif re.search(r"\sIGNORED\b", text):
-        text = re.sub(r"\s+IGNORED\b", " /*!80000 INVISIBLE */", text)
+    elif not target.at_least(8):
+        text = re.sub(r"\s*/\*!80000 INVISIBLE \*/", "", text)  # a MySQL 8 comment 5.7 would skip anyway
+    if target.is_mysql and re.search(r"\sIGNORED\b", text):
+        text = re.sub(r"\s+IGNORED\b", " /*!80000 INVISIBLE */" if target.at_least(8) else "", text)
     if target.is_mysql and re.search(r"CHECK\s*\(json_valid\(", text, re.IGNORECASE):
         return None  # the column became MySQL's JSON, which validates by itself
     return text

@@ -101,3 +101,19 @@ def check_supported(info: ServerInfo) -> None:
 def log_server(info: ServerInfo) -> None:
     """One INFO line per server, once at start."""
     logger.info("DATABASE - SERVER - %s: %s", info.role, info.describe())
+
+
+def read_servers(engines: Any) -> dict[str, ServerInfo]:
+    """Read, refuse if unsupported, and log both servers of ``engines`` (once, at start).
+
+    Raises:
+        ConfigError: a server version the daemon does not support.
+    """
+    servers: dict[str, ServerInfo] = {}
+    for role, engine in (("source", engines.source), ("target", engines.target)):
+        with engine.connect() as conn:
+            info = read_server_info(conn, role)
+        check_supported(info)
+        log_server(info)
+        servers[role] = info
+    return servers
