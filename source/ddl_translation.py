@@ -199,7 +199,7 @@ def translate_column(definition: str, source: Dialect, target: Dialect, warn: Ca
         warn(f"invisible columns do not exist on {target.label}; the column is visible there")
 
     srid = re.search(r"\s*/\*!80003 SRID (\d+) \*/|\s+REF_SYSTEM_ID=(\d+)", rest)
-    if srid:
+    if srid and not (srid.group(1) and target.mysql_at_least(8, 0, 3)):  # MySQL's own spelling stays
         number = srid.group(1) or srid.group(2)
         if target.is_mariadb:
             replacement = f" REF_SYSTEM_ID={number}"
@@ -217,7 +217,7 @@ def translate_key(line: str, target: Dialect, warn: Callable[[str], None]) -> st
     """An index or constraint line for ``target``, or None when the target cannot have it."""
     text = line
     if target.is_mariadb:
-        if re.search(r"\(\(", text) or re.search(r",\s*\(", text):
+        if _INDEX_LINE.match(text) and re.search(r"\(\(|,\s*\(", text):
             warn(f"functional index parts do not exist on {target.label}; index left out: {line.strip()}")
             return None
         text = re.sub(r"\s*/\*!80000 INVISIBLE \*/", " IGNORED" if target.at_least(10, 6) else "", text)
@@ -240,13 +240,14 @@ def translate_table_options(line: str, source: Dialect, target: Dialect, warn: C
         text = re.sub(r"\s+ROW_FORMAT=PAGE\b", "", text, flags=re.IGNORECASE)
     pattern = _TABLE_OPTIONS_MARIADB_ONLY if target.is_mysql else _TABLE_OPTIONS_MYSQL_ONLY
     for option in pattern.finditer(text):
-        warn(f"table option {option.group(0).strip()} does not exist on {target.label}; left out")
+        warn(f"table option {_unmask(option.group(0).strip(), literals)} does not exist on {target.label}; left out")
     text = pattern.sub("", text)
     text = _translate_charsets(text, target, warn)
     return _unmask(text, literals)
 
 
 # --------------------------------------------------------------------------- statements
+_INDEX_LINE = re.compile(r"^\s*(UNIQUE |FULLTEXT |SPATIAL )?KEY\b")
 _COLUMN_LINE = re.compile(r"^(\s*)`((?:[^`]|``)+)`(\s+)(.*?)(,?)$")
 
 

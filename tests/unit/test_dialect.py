@@ -18,6 +18,18 @@ from chunk_compare import hash_form, row_hash_sql
 from data_processing import extract_expression
 from ddl_translation import translate_create_table
 from dialect import Dialect, double_expression, parse_version
+from dialect_fixtures import (
+    FIXTURES,
+    MARIADB104,
+    MARIADB114,
+    MARIADB1011,
+    MYSQL57,
+    MYSQL80,
+    MYSQL80_18,
+    MYSQL84,
+    MYSQLS,
+    fixture_statements,
+)
 from error_handling import ConfigError, is_transient
 from sanitization import LoadPlan
 from schema_management import Column
@@ -25,16 +37,6 @@ from server_info import ServerInfo, check_supported
 from target_loader import TargetLoader
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).parent / "fixtures" / "ddl"
-
-MYSQL57 = Dialect("mysql", (5, 7, 44))
-MYSQL80_18 = Dialect("mysql", (8, 0, 18))
-MYSQL80 = Dialect("mysql", (8, 0, 36))
-MYSQL84 = Dialect("mysql", (8, 4, 3))
-MARIADB104 = Dialect("mariadb", (10, 4, 34))
-MARIADB1011 = Dialect("mariadb", (10, 11, 6))
-MARIADB114 = Dialect("mariadb", (11, 4, 4))
-MYSQLS = [MYSQL57, MYSQL80, MYSQL84]
 
 
 def col(name: str, data_type: str, column_type: str | None = None, *, nullable: bool = True, charset: str | None = None) -> Column:
@@ -262,11 +264,6 @@ def every_statement(dialect: Dialect) -> list[str]:
             for create in fixture_statements(fixture):
                 statements.append(translate_create_table(create, source, dialect, "t").sql)
     return statements
-
-
-def fixture_statements(path: Path) -> list[str]:
-    text = "\n".join(line for line in path.read_text().splitlines() if not line.startswith("--"))
-    return [block.strip() for block in text.split("\n\n") if block.strip()]
 
 
 def offending(statements: list[str], rules: list[tuple[str, str]]) -> list[str]:
