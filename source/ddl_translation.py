@@ -201,12 +201,12 @@ def translate_column(definition: str, source: Dialect, target: Dialect, warn: Ca
     srid = re.search(r"\s*/\*!80003 SRID (\d+) \*/|\s+REF_SYSTEM_ID=(\d+)", rest)
     if srid and not (srid.group(1) and target.mysql_at_least(8, 0, 3)):  # MySQL's own spelling stays
         number = srid.group(1) or srid.group(2)
+        replacement = ""
         if target.is_mariadb:
-            replacement = f" REF_SYSTEM_ID={number}"
+            type_sql += f" REF_SYSTEM_ID={number}"  # MariaDB takes it only right after the type
         elif target.at_least(8, 0, 3):
             replacement = f" SRID {number}"
         else:
-            replacement = ""
             warn(f"SRID {number} cannot be declared on {target.label}; the column accepts any SRID there")
         rest = rest[: srid.start()] + replacement + rest[srid.end():]
     return _unmask(type_sql + rest, literals)

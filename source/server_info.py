@@ -53,7 +53,7 @@ class ServerInfo:
     def as_dict(self) -> dict[str, Any]:
         """The health endpoint's ``server`` object."""
         dialect = self.dialect
-        return {"flavor": dialect.flavor, "version": ".".join(map(str, dialect.version)), **asdict(self)}
+        return {**asdict(self), "flavor": dialect.flavor, "version": ".".join(map(str, dialect.version)), "version_text": self.version}
 
 
 def _on(value: Any) -> bool:

@@ -55,7 +55,7 @@ def test_sakila_needs_nothing_where_0900_collations_exist(target: Dialect) -> No
 def test_sakila_for_mariadb_1011() -> None:
     translated = {create.split("`")[1]: translate_create_table(create, MYSQL80, MARIADB1011, create.split("`")[1]) for create in SAKILA}
     address = translated["address"]
-    assert column_line(address.sql, "location") == "geometry NOT NULL REF_SYSTEM_ID=0"
+    assert column_line(address.sql, "location") == "geometry REF_SYSTEM_ID=0 NOT NULL"
     assert address.sql.endswith("DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_uca1400_ai_ci")
     assert address.warnings == [
         "table address: collation utf8mb4_0900_ai_ci does not exist on MariaDB 10.11.6; using the nearest, "
@@ -96,10 +96,10 @@ def test_mariadb_every_type_for_mysql80() -> None:
         "j": "json DEFAULT NULL",
         "ip6": "varchar(39) CHARACTER SET ascii COLLATE ascii_general_ci DEFAULT NULL",
         "ip4": "varchar(15) CHARACTER SET ascii COLLATE ascii_general_ci DEFAULT NULL",
-        "pt": "point NOT NULL SRID 4326",
+        "pt": "point NOT NULL",  # MariaDB keeps no SRID in its DDL
         "created": "datetime DEFAULT CURRENT_TIMESTAMP",
-        "secret": "varchar(20) DEFAULT NULL INVISIBLE",
-        "note": "varchar(10) DEFAULT 'it''s DEFAULT uuid() here'",
+        "secret": "varchar(20) INVISIBLE DEFAULT NULL",
+        "note": "varchar(40) DEFAULT 'it''s DEFAULT uuid() here'",
     }
     for name, definition in expected.items():
         assert column_line(sql, name) == definition, name
@@ -115,6 +115,7 @@ def test_mariadb_every_type_for_mysql57() -> None:
     assert column_line(sql, "v3") == "varchar(10) CHARACTER SET utf8 COLLATE utf8_general_ci DEFAULT NULL"
     assert column_line(sql, "cs") == "varchar(255) COLLATE utf8mb4_bin DEFAULT NULL"
     assert column_line(sql, "secret") == "varchar(20) DEFAULT NULL"
+    assert column_line(sql, "i32") == "int(11) DEFAULT NULL"
     assert column_line(sql, "pt") == "point NOT NULL"
     assert "KEY `idx_i32` (`i32`)," in sql
 
@@ -127,7 +128,7 @@ def test_mysql_every_type_for_mariadb() -> None:
     assert column_line(sql, "vc") == "varchar(255) COLLATE utf8mb4_uca1400_as_cs DEFAULT NULL"
     assert column_line(sql, "de") == "varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_uca1400_ai_ci DEFAULT NULL"
     assert column_line(sql, "gc") == "geometrycollection DEFAULT NULL"
-    assert column_line(sql, "pt") == "point NOT NULL REF_SYSTEM_ID=4326"
+    assert column_line(sql, "pt") == "point REF_SYSTEM_ID=4326 NOT NULL"
     assert column_line(sql, "secret") == "varchar(20) DEFAULT NULL INVISIBLE"
     assert "idx_lower_vc" not in sql and "KEY `idx_i32` (`i32`) IGNORED," in sql
     assert "CONSTRAINT `chk_i8` CHECK ((`i8` >= 0))\n)" in sql  # no dangling comma after the dropped index
@@ -163,6 +164,9 @@ def test_engine_becomes_innodb_with_a_warning() -> None:
         (MARIADB114, Dialect("mariadb", (11, 4, 5)), "varchar(5) COLLATE utf8mb4_0900_ai_ci", "varchar(5) COLLATE utf8mb4_0900_ai_ci"),
         (MYSQL80, MARIADB114, "varchar(5) COLLATE utf8mb4_0900_bin", "varchar(5) COLLATE utf8mb4_bin"),
         (MARIADB1011, MYSQL80, "varchar(5) COLLATE utf8mb4_unicode_520_nopad_ci", "varchar(5) COLLATE utf8mb4_unicode_520_ci"),
+        (MARIADB1011, MYSQL80, "point REF_SYSTEM_ID=4326 NOT NULL", "point SRID 4326 NOT NULL"),
+        (MARIADB1011, MYSQL57, "point REF_SYSTEM_ID=4326 NOT NULL", "point NOT NULL"),
+        (MYSQL80, MARIADB104, "point NOT NULL /*!80003 SRID 4326 */", "point REF_SYSTEM_ID=4326 NOT NULL"),
     ],
 )
 def test_column_translations(source: Dialect, target: Dialect, definition: str, expected: str) -> None:
