@@ -11,6 +11,7 @@ created on demand as real tables in the test's database, so the fixtures stay un
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -35,7 +36,18 @@ class ExternalServer:
         self.password = unquote(parsed.password or "")
         self.process = "external"  # never None: the server is always expected to be up
         self._sequences: set[tuple[str, str]] = set()
-        self.flavor = "mariadb" if "mariadb" in str(self.scalar("SELECT VERSION()")).lower() else "mysql"
+        self.flavor = "mariadb" if "mariadb" in str(self._wait_until_up()).lower() else "mysql"
+
+    def _wait_until_up(self, timeout: float = 180.0) -> str:
+        """``VERSION()`` once the server answers (CI service containers take a while to initialise)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return str(self.scalar("SELECT VERSION()"))
+            except pymysql.err.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     # The lifecycle belongs to whoever runs the servers.
     def start(self, *args: Any, **kwargs: Any) -> ExternalServer:
