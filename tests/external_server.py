@@ -36,6 +36,7 @@ class ExternalServer:
         self.password = unquote(parsed.password or "")
         self.process = "external"  # never None: the server is always expected to be up
         self._sequences: set[tuple[str, str]] = set()
+        self.flavor = "unknown"  # until the server answered
         self.flavor = "mariadb" if "mariadb" in str(self._wait_until_up()).lower() else "mysql"
 
     def _wait_until_up(self, timeout: float = 180.0) -> str:
