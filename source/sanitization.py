@@ -35,10 +35,12 @@ from schema_management import Column
 
 logger = logging.getLogger("dlt_sync.sanitization")
 
+# The staged value is binary (LONGBLOB); MySQL 8 refuses REGEXP between a binary subject and a
+# text pattern (error 3995), so the subject (an ASCII date text) is converted first, on every server.
 # A DATE/DATETIME text that is the zero value, e.g. '0000-00-00' or '0000-00-00 00:00:00.000'.
-_ZERO_DATE = "{raw} REGEXP '^0000-00-00( 00:00:00([.]0+)?)?$'"
+_ZERO_DATE = "CONVERT({raw} USING utf8mb4) REGEXP '^0000-00-00( 00:00:00([.]0+)?)?$'"
 # A DATE/DATETIME text with a zero month or day ('2020-00-10', '2020-01-00', '0000-00-00 10:00:00').
-_ZERO_IN_DATE = "{raw} REGEXP '^[0-9]{{4}}-(00-|[0-9]{{2}}-00)'"
+_ZERO_IN_DATE = "CONVERT({raw} USING utf8mb4) REGEXP '^[0-9]{{4}}-(00-|[0-9]{{2}}-00)'"
 
 
 def sql_mode_flags(sql_mode: str) -> frozenset[str]:

@@ -175,6 +175,7 @@ NOT_ON_MYSQL = [
     (r"CHECK \(json_valid", "MariaDB's JSON check (MySQL has a JSON type)"),
     (r"DEFAULT uuid\(\)", "an unparenthesized expression default"),
     (r"\btext DEFAULT '", "a literal default on TEXT (MySQL error 1101)"),
+    (r"\bc\d+ REGEXP", "REGEXP on a binary staged value (MySQL 8 error 3995)"),
 ]
 NOT_ON_MYSQL57 = [
     (r"current_timestamp\(\)", "current_timestamp() with parentheses in DDL"),
