@@ -113,14 +113,19 @@ def _nearest_collation(name: str, target: Dialect) -> str:
         return _nearest_collation("utf8_" + lowered.split("_", 1)[1], target)
     if "_nopad_" in lowered:
         return _nearest_collation(lowered.replace("_nopad_", "_"), target)
+    # MySQL's 0900 collations are NO PAD ('a' and 'a ' differ, also in unique keys): on MariaDB
+    # their NO PAD counterparts keep such keys apart.
+    nopad = "_0900_" in lowered and target.is_mariadb
     if lowered.endswith("_bin"):
-        return f"{charset}_bin"
+        return f"{charset}_nopad_bin" if nopad else f"{charset}_bin"
     sensitive = lowered.endswith("_cs")
     accent = "as" if "_as_" in lowered or sensitive else "ai"
     if "_uca1400_" in lowered and target.mysql_at_least(8, 0, 1) and charset == "utf8mb4":
         return f"utf8mb4_0900_{accent}_{'cs' if sensitive else 'ci'}"
-    if "_0900_" in lowered and target.mariadb_at_least(10, 10) and charset == "utf8mb4":
-        return f"utf8mb4_uca1400_{accent}_{'cs' if sensitive else 'ci'}"
+    if nopad and target.mariadb_at_least(10, 10) and charset == "utf8mb4":
+        return f"utf8mb4_uca1400_nopad_{accent}_{'cs' if sensitive else 'ci'}"
+    if nopad:
+        return f"{charset}_nopad_bin" if sensitive else f"{charset}_unicode_520_nopad_ci"
     return f"{charset}_bin" if sensitive else f"{charset}_unicode_520_ci"
 
 

@@ -56,10 +56,10 @@ def test_sakila_for_mariadb_1011() -> None:
     translated = {create.split("`")[1]: translate_create_table(create, MYSQL80, MARIADB1011, create.split("`")[1]) for create in SAKILA}
     address = translated["address"]
     assert column_line(address.sql, "location") == "geometry REF_SYSTEM_ID=0 NOT NULL"
-    assert address.sql.endswith("DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_uca1400_ai_ci")
+    assert address.sql.endswith("DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_uca1400_nopad_ai_ci")
     assert address.warnings == [
         "table address: collation utf8mb4_0900_ai_ci does not exist on MariaDB 10.11.6; using the nearest, "
-        "utf8mb4_uca1400_ai_ci (sorting and comparison may differ)"
+        "utf8mb4_uca1400_nopad_ai_ci (sorting and comparison may differ)"
     ]
     staff = translated["staff"]
     assert column_line(staff.sql, "password") == "varchar(40) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL"
@@ -74,7 +74,7 @@ def test_sakila_for_mysql57_and_mariadb104() -> None:
         for create in SAKILA:
             sql = translate_create_table(create, MYSQL80, target, "t").sql
             assert "_0900_" not in sql and "SRID" not in sql, sql
-            assert sql.endswith("COLLATE=utf8mb4_unicode_520_ci")
+            assert sql.endswith("COLLATE=utf8mb4_unicode_520_ci" if target.is_mysql else "COLLATE=utf8mb4_unicode_520_nopad_ci")
     address = translate_create_table(SAKILA[1], MYSQL80, MYSQL57, "address")
     assert column_line(address.sql, "location") == "geometry NOT NULL"
     assert any("SRID 0 cannot be declared on MySQL 5.7.44" in w for w in address.warnings)
@@ -125,8 +125,8 @@ def test_mysql_every_type_for_mariadb() -> None:
     sql = result.sql
     assert column_line(sql, "uid") == "binary(16) NOT NULL"
     assert column_line(sql, "txt_default") == "text"
-    assert column_line(sql, "vc") == "varchar(255) COLLATE utf8mb4_uca1400_as_cs DEFAULT NULL"
-    assert column_line(sql, "de") == "varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_uca1400_ai_ci DEFAULT NULL"
+    assert column_line(sql, "vc") == "varchar(255) COLLATE utf8mb4_uca1400_nopad_as_cs DEFAULT NULL"
+    assert column_line(sql, "de") == "varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_uca1400_nopad_ai_ci DEFAULT NULL"
     assert column_line(sql, "gc") == "geometrycollection DEFAULT NULL"
     assert column_line(sql, "pt") == "point REF_SYSTEM_ID=4326 NOT NULL"
     assert column_line(sql, "secret") == "varchar(20) DEFAULT NULL INVISIBLE"
@@ -135,7 +135,8 @@ def test_mysql_every_type_for_mariadb() -> None:
     assert sql.endswith("STATS_PERSISTENT=1 COMMENT='every type; ENGINE=MyISAM in a comment'")
     assert "table all_types: table option COMPRESSION='zlib' does not exist on MariaDB 10.11.6; left out" in result.warnings
     old = translate_create_table(MYSQL_ALL, MYSQL80, MARIADB104, "all_types").sql
-    assert column_line(old, "vc") == "varchar(255) COLLATE utf8mb4_bin DEFAULT NULL"
+    assert column_line(old, "vc") == "varchar(255) COLLATE utf8mb4_nopad_bin DEFAULT NULL"
+    assert column_line(old, "de") == "varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_520_nopad_ci DEFAULT NULL"
     assert column_line(old, "v3") == "varchar(10) CHARACTER SET utf8 COLLATE utf8_general_ci DEFAULT NULL"
     assert "KEY `idx_i32` (`i32`)," in old  # no IGNORED before 10.6
 
@@ -162,7 +163,8 @@ def test_engine_becomes_innodb_with_a_warning() -> None:
         (MARIADB1011, MARIADB104, "inet6 DEFAULT NULL", "varchar(39) CHARACTER SET ascii COLLATE ascii_general_ci DEFAULT NULL"),
         (MARIADB114, MARIADB1011, "uuid NOT NULL", "uuid NOT NULL"),
         (MARIADB114, Dialect("mariadb", (11, 4, 5)), "varchar(5) COLLATE utf8mb4_0900_ai_ci", "varchar(5) COLLATE utf8mb4_0900_ai_ci"),
-        (MYSQL80, MARIADB114, "varchar(5) COLLATE utf8mb4_0900_bin", "varchar(5) COLLATE utf8mb4_bin"),
+        (MYSQL80, MARIADB114, "varchar(5) COLLATE utf8mb4_0900_bin", "varchar(5) COLLATE utf8mb4_nopad_bin"),
+        (MARIADB1011, MYSQL57, "varchar(5) COLLATE utf8mb4_uca1400_ai_ci", "varchar(5) COLLATE utf8mb4_unicode_520_ci"),
         (MARIADB1011, MYSQL80, "varchar(5) COLLATE utf8mb4_unicode_520_nopad_ci", "varchar(5) COLLATE utf8mb4_unicode_520_ci"),
         (MARIADB1011, MYSQL80, "point REF_SYSTEM_ID=4326 NOT NULL", "point SRID 4326 NOT NULL"),
         (MARIADB1011, MYSQL57, "point REF_SYSTEM_ID=4326 NOT NULL", "point NOT NULL"),
