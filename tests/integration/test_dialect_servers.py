@@ -16,7 +16,7 @@ from fidelity_helpers import run_sync
 
 from conftest import ROOT, SyncEnv
 from dialect import Dialect
-from dialect_fixtures import FIXTURES, MYSQL57, MYSQL80, fixture_statements
+from dialect_fixtures import FIXTURES, MYSQL57, MYSQL80, MYSQL84, fixture_statements
 from sync_state import STATE_TABLE, ensure_state_table, mark_done, mark_pending, read_state
 
 pytestmark = pytest.mark.integration
@@ -126,9 +126,10 @@ def test_upserts_limits_and_sql_mode_statements_run(sync_env: SyncEnv, target_en
         conn.close()
 
 
-def test_mysql57_fallbacks_run_wherever_they_can(sync_env: SyncEnv) -> None:
-    """The MySQL 5.7 forms (``VALUES()``, a session sql_mode change around the statement) are also
-    valid on MariaDB and MySQL 8.0: run them here, so they are not verified by unit tests only."""
+def test_other_versions_forms_run_wherever_they_can(sync_env: SyncEnv) -> None:
+    """The MySQL 5.7 forms (``VALUES()``, a session sql_mode change around the statement) and the
+    MySQL 8.0.19+ derived-table upsert are also valid on MariaDB (and the 5.7 forms on MySQL 8.0):
+    run them here, so they are not verified by unit tests only."""
     conn = sync_env.target.connect(sync_env.target_db)
     try:
         with conn.cursor() as cur:
@@ -136,13 +137,16 @@ def test_mysql57_fallbacks_run_wherever_they_can(sync_env: SyncEnv) -> None:
             cur.execute("INSERT INTO u VALUES (1, 1, 'a')")
             cur.execute(MYSQL57.upsert_values("u", ["k", "v", "e"], "(1, 2, 'a')", {"v": None}))
             cur.execute(MYSQL57.upsert_select("u", ["k", "v", "e"], ["k + 1", "v * 10", "e"], "`u` AS src", ["v"]))
+            cur.execute("CREATE TABLE w (k INT PRIMARY KEY, v INT)")
+            cur.execute("INSERT INTO w VALUES (1, 100), (3, 300)")
+            cur.execute(MYSQL84.upsert_select("u", ["k", "v"], ["k", "v"], "`w`", ["v"]))
             cur.execute("SET SESSION sql_mode='STRICT_ALL_TABLES,NO_ZERO_DATE'")
             for statement in MYSQL57.with_sql_mode("", "UPDATE `u` SET e = '' WHERE k = 2", "STRICT_ALL_TABLES,NO_ZERO_DATE"):
                 cur.execute(statement)
             cur.execute("SELECT @@SESSION.sql_mode")
             assert cur.fetchone()[0] == "STRICT_ALL_TABLES,NO_ZERO_DATE"
             cur.execute("SELECT k, v, e + 0 FROM u ORDER BY k")
-            assert cur.fetchall() == ((1, 2, 1), (2, 20, 0))
+            assert cur.fetchall() == ((1, 100, 1), (2, 20, 0), (3, 300, 1))
     finally:
         conn.close()
 

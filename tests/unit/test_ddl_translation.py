@@ -7,7 +7,13 @@ import re
 
 import pytest
 
-from ddl_translation import equivalent_columns, portable_type, translate_column, translate_create_table
+from ddl_translation import (
+    column_for_target,
+    equivalent_columns,
+    portable_type,
+    translate_column,
+    translate_create_table,
+)
 from dialect import Dialect
 from dialect_fixtures import (
     FIXTURES,
@@ -19,6 +25,7 @@ from dialect_fixtures import (
     MYSQL84,
     fixture_statements,
 )
+from schema_management import Column
 
 SAKILA = fixture_statements(FIXTURES / "sakila_mysql80.sql")
 MYSQL_ALL = fixture_statements(FIXTURES / "all_types_mysql80.sql")[0]
@@ -175,11 +182,29 @@ def test_column_translations(source: Dialect, target: Dialect, definition: str, 
     assert translate(definition, source, target)[0] == expected
 
 
+def column(column_type: str, charset: str | None = None, collation: str | None = None) -> Column:
+    return Column("c", column_type.split("(")[0], column_type, True, charset, collation)
+
+
 def test_comparisons_treat_translated_columns_as_the_same() -> None:
-    assert equivalent_columns("json", None, "longtext", "utf8mb4")
-    assert equivalent_columns("longtext", "utf8mb4", "json", None)
-    assert equivalent_columns("varchar(39)", "ascii", "inet6", None)
-    assert equivalent_columns("varchar(10)", "utf8", "varchar(10)", "utf8mb3")
-    assert not equivalent_columns("varchar(10)", "latin1", "varchar(10)", "utf8mb4")
-    assert not equivalent_columns("varchar(40)", "ascii", "inet6", None)
+    assert equivalent_columns(column("json"), column("longtext", "utf8mb4", "utf8mb4_bin"))
+    assert equivalent_columns(column("longtext", "utf8mb4", "utf8mb4_bin"), column("json"))
+    assert equivalent_columns(column("varchar(39)", "ascii", "ascii_general_ci"), column("inet6"))
+    assert equivalent_columns(column("int(11)"), column("int"))
+    assert equivalent_columns(column("varchar(10)", "utf8", "utf8_general_ci"), column("varchar(10)", "utf8mb3", "utf8mb3_general_ci"))
+    assert not equivalent_columns(column("varchar(10)", "utf8", "utf8_bin"), column("varchar(10)", "utf8mb3", "utf8mb3_general_ci"))
+    assert not equivalent_columns(column("varchar(10)", "latin1"), column("varchar(10)", "utf8mb4"))
+    assert not equivalent_columns(column("varchar(40)", "ascii"), column("inet6"))
+    assert not equivalent_columns(column("varchar(5)", "utf8mb4", "utf8mb4_bin"), column("varchar(5)", "utf8mb4", "utf8mb4_general_ci"))
+
+
+def test_source_columns_compare_with_the_collation_the_target_gets() -> None:
+    from types import SimpleNamespace
+
+    def bind(dialect: Dialect) -> SimpleNamespace:
+        return SimpleNamespace(dialect=SimpleNamespace(server_version_info=dialect.version, is_mariadb=dialect.is_mariadb))
+
+    source = column("varchar(5)", "utf8mb4", "utf8mb4_0900_ai_ci")
+    assert column_for_target(bind(MYSQL80), bind(MARIADB1011), source).collation == "utf8mb4_uca1400_nopad_ai_ci"
+    assert column_for_target(bind(MYSQL80), bind(MYSQL84), source) is source
     assert portable_type("enum('A')") == "enum('A')"  # members are data: case kept

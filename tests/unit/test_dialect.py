@@ -212,6 +212,8 @@ class FakeCursor:
     def __init__(self) -> None:
         self.statements: list[str] = []
         self.warning_count = 0
+        # Answers to fetchall(): the target's other unique key, then a row it displaces.
+        self.answers: list[list[tuple[Any, ...]]] = [[("uq_d", "d", None)], [(7,)]]
 
     def execute(self, sql: str, args: Any = None) -> None:
         self.statements.append(sql)
@@ -221,6 +223,9 @@ class FakeCursor:
 
     def fetchone(self) -> tuple[int, ...]:
         return (0,)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.answers.pop(0) if self.answers else []
 
 
 class FakeConnection:
