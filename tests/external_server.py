@@ -18,6 +18,11 @@ from urllib.parse import unquote, urlparse
 import pymysql
 import pytest
 
+# The fixtures are written for MariaDB's default sql_mode; MySQL's default adds ONLY_FULL_GROUP_BY
+# and NO_ZERO_DATE/NO_ZERO_IN_DATE, which would refuse fixture rows (zero dates) before any sync runs.
+# Only the tests' own sessions use it; the daemon keeps each server's default (source) or
+# TARGET_SQL_MODE (target).
+FIXTURE_SQL_MODE = "STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 SKIP_REASON = "external mode (TEST_SOURCE_URL/TEST_TARGET_URL): this test starts, stops, kills or reconfigures a server"
 _SEQUENCE = re.compile(r"\bseq_(\d+)_to_(\d+)\b")
 
@@ -72,6 +77,8 @@ class ExternalServer:
     def connect(self, database: str | None = None, user: str | None = None, password: str | None = None, **kwargs: Any) -> pymysql.Connection:
         if user is None:
             user, password = self.user, self.password
+        if self.flavor == "mysql":
+            kwargs.setdefault("init_command", f"SET SESSION sql_mode='{FIXTURE_SQL_MODE}'")
         return pymysql.connect(
             host=self.host, port=self.port, user=user, password=password or "", database=database,
             charset="utf8mb4", autocommit=True, connect_timeout=5, local_infile=True, **kwargs,

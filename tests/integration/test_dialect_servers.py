@@ -158,3 +158,21 @@ def test_non_innodb_target_table_is_refused(sync_env: SyncEnv) -> None:
     run = run_sync(sync_env, [{"table": "m", "primary_key": "id"}])
     error = run.result("m").error or ""
     assert "uses the MyISAM engine; the daemon needs InnoDB" in error, error
+
+
+def test_external_mode_sequence_tables_hold_exactly_the_range(sync_env: SyncEnv) -> None:
+    """The real ``seq_A_to_B`` tables external mode creates on MySQL (built here under another name,
+    so MariaDB's sequence engine does not answer instead) hold exactly A..B."""
+    from external_server import fill_sequence
+
+    conn = sync_env.source.connect(sync_env.source_db)
+    try:
+        with conn.cursor() as cur:
+            fill_sequence(cur, "numbers_3_to_1000", 3, 1000)
+            fill_sequence(cur, "numbers_1_to_1", 1, 1)
+            cur.execute("SELECT COUNT(*), MIN(seq), MAX(seq), SUM(seq) FROM numbers_3_to_1000")
+            assert cur.fetchone() == (998, 3, 1000, sum(range(3, 1001)))
+            cur.execute("SELECT seq FROM numbers_1_to_1")
+            assert cur.fetchall() == ((1,),)
+    finally:
+        conn.close()
