@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit lint bench deps tools clean
+.PHONY: demo test test-external unit lint bench deps tools clean
 
 $(STAMP): source/requirements.txt requirements-dev.txt
 	@command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || \
@@ -29,6 +29,13 @@ tools:
 ## Run the whole test suite (unit + integration on throwaway MariaDB servers).
 test: $(STAMP) tools
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## The integration suite against running servers (MySQL or MariaDB), e.g.
+##   make test-external TEST_SOURCE_URL=mysql://root:pw@127.0.0.1:3306 TEST_TARGET_URL=mysql://root:pw@127.0.0.1:3307
+## Each test uses fresh databases; tests that start, kill or reconfigure servers skip.
+test-external: $(STAMP)
+	@[ -n "$(TEST_SOURCE_URL)" ] && [ -n "$(TEST_TARGET_URL)" ] || { echo "set TEST_SOURCE_URL and TEST_TARGET_URL"; exit 2; }
+	TEST_SOURCE_URL="$(TEST_SOURCE_URL)" TEST_TARGET_URL="$(TEST_TARGET_URL)" $(PY) -m pytest tests/integration -q -p no:cacheprovider -rs $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q

@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy.engine import Connection, Engine
 
 from database import Engines, quote_identifier
+from dialect import double_expression
 from error_handling import ShutdownRequested
 from index_management import index_columns, merge_key_index
 from schema_management import Column, TableDefinition
@@ -69,7 +70,7 @@ def hash_form(col: Column, value: str | None = None) -> str:
     if col.data_type == "bit":
         return f"CAST({name} AS UNSIGNED)"
     if col.data_type == "float":
-        return f"CAST({name} AS DOUBLE)"  # FLOAT's own text form rounds to ~6 digits
+        return double_expression(name)  # FLOAT's own text form rounds to ~6 digits
     if col.data_type == "timestamp":
         return f"UNIX_TIMESTAMP({name})"  # independent of any time zone
     if col.is_binary or col.data_type in LONG_VALUE_TYPES:

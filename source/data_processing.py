@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from database import quote_identifier as q
+from dialect import double_expression
 from schema_management import Column
 
 TEXT_FROM_SERVER_TYPES = frozenset({"float"})
@@ -30,7 +31,7 @@ def extract_expression(col: Column) -> str:
         return f"CAST(CAST({name} AS UNSIGNED) AS CHAR)"
     if col.data_type == "float":
         # FLOAT's text form keeps ~6 digits (16777217 shows as 16777200); DOUBLE's is exact.
-        return f"CAST(CAST({name} AS DOUBLE) AS CHAR)"
+        return f"CAST({double_expression(name)} AS CHAR)"
     if col.data_type == "timestamp":
         # The epoch value does not depend on any session or server time zone.
         return f"CAST(UNIX_TIMESTAMP({name}) AS CHAR)"

@@ -57,6 +57,7 @@ TERMINAL_ERROR_CODES: dict[int, str] = {
     1292: "incorrect value for a typed column",
     1264: "value out of range for column",
     1366: "incorrect value for column",
+    3750: "table without a primary key refused by the target's sql_require_primary_key (MySQL 8.0.13+)",
 }
 
 

@@ -89,6 +89,7 @@ class SyncStatus:
         self.tables: dict[str, TableStatus] = {}
         self.database_status: dict[str, str] = {"source": "unknown", "target": "unknown"}
         self.database_errors: dict[str, str | None] = {"source": None, "target": None}
+        self.database_servers: dict[str, dict[str, Any] | None] = {"source": None, "target": None}
         self.last_successful_sync: datetime | None = None
         self.cycles: int = 0
         self.sync_errors: int = 0
@@ -136,6 +137,11 @@ class SyncStatus:
         with self._lock:
             self.database_status[role] = "connected" if connected else "disconnected"
             self.database_errors[role] = error
+
+    def set_server_info(self, role: str, info: dict[str, Any]) -> None:
+        """Record what ``role``'s server is (``server_info.ServerInfo.as_dict``), read once at start."""
+        with self._lock:
+            self.database_servers[role] = dict(info)
 
     def table_started(self, table: str) -> None:
         """A sync attempt of ``table`` begins."""
@@ -273,6 +279,7 @@ class SyncStatus:
                 "tables": {name: TableStatus(**{**vars(st), "sweep": dict(st.sweep)}) for name, st in self.tables.items()},
                 "database_status": dict(self.database_status),
                 "database_errors": dict(self.database_errors),
+                "database_servers": dict(self.database_servers),
                 "last_successful_sync": self.last_successful_sync,
                 "cycles": self.cycles,
                 "sync_errors": self.sync_errors,
@@ -383,6 +390,7 @@ def health_report(
             "overflow": pool.get("overflow"),
             "utilization_percent": pool.get("utilization_percent"),
             "last_error": snapshot["database_errors"].get(role),
+            "server": (snapshot.get("database_servers") or {}).get(role),
         }
         if state == "disconnected":
             reasons.append(f"{role} database unreachable: {snapshot['database_errors'].get(role) or 'no details'}")

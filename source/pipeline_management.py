@@ -83,6 +83,7 @@ from schema_management import (
     fetch_columns,
     table_exists,
 )
+from server_info import read_servers
 from sync_state import ensure_state_table, mark_done, mark_pending, read_state
 from target_loader import LoadPath, TargetLoader, rechunk, temporary_tables_allowed
 from utils import progress
@@ -195,6 +196,8 @@ class TableSyncer:
         # Fail fast with one line naming the database (wrong password, unreachable host).
         check_connectivity(self.engines)
         try:
+            for role, info in read_servers(self.engines).items():
+                self.status.set_server_info(role, info.as_dict())
             with self.engines.target.begin() as conn:
                 ensure_state_table(conn)
             self.load_path()

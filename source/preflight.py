@@ -1,5 +1,6 @@
-"""``--check``: validate configuration and connectivity and print what a cycle would do per table
-(strategy, mode, extraction backend, key, modifier and current watermark), touching nothing."""
+"""``--check``: validate configuration and connectivity, print what each server is (flavor,
+version, sql_mode, local_infile ...) and what a cycle would do per table (strategy, mode,
+extraction backend, key, modifier and current watermark), touching nothing."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import Any
 from change_detection import target_watermark
 from config import Settings, TableSpec
 from database import Engines, check_connectivity
-from error_handling import SchemaError, describe_error
+from error_handling import ConfigError, SchemaError, describe_error
 from extraction import choose_backend
 from index_management import check_merge_key
 from pipeline_management import table_mode
 from schema_management import describe_table, table_exists
+from server_info import check_supported, read_server_info
 
 
 def table_plan(engines: Engines, settings: Settings, spec: TableSpec) -> dict[str, Any]:
@@ -50,6 +52,16 @@ def run_check(engines: Engines, settings: Settings, specs: Sequence[TableSpec], 
     is set before every table was checked)."""
     code = 0
     check_connectivity(engines)
+    for role, engine in (("source", engines.source), ("target", engines.target)):
+        with engine.connect() as conn:
+            info = read_server_info(conn, role)
+        try:
+            check_supported(info)
+        except ConfigError as exc:
+            print(f"{role} server: ERROR: {exc}")
+            code = 1
+            continue
+        print(f"{role} server: {info.describe()}")
     print(f"{'table':<32} {'strategy':<13} {'mode':<13} {'backend':<11} {'key':<28} {'modifier':<16} watermark")
     for spec in specs:
         if stop is not None and stop.is_set():

@@ -13,7 +13,8 @@ column in ``IF(<offending>, NULL, <value>)``. Nothing is decided per row in Pyth
 
 :class:`LoadPlan` also carries the one exact-transport detour that needs the staging table: the
 invalid ENUM value ``''`` (index 0), which a strict target refuses to write, is loaded as a
-placeholder and then set with a statement-scoped non-strict ``UPDATE`` of exactly that column.
+placeholder and then set with a statement-scoped non-strict ``UPDATE`` of exactly that column
+(``dialect.Dialect.with_sql_mode`` writes it for the target's flavor).
 """
 
 from __future__ import annotations
@@ -28,15 +29,18 @@ import pyarrow.compute as pc
 from config import SanitizePolicy
 from data_processing import enum_error_value_placeholder, extract_expression, has_enum_error_value, load_expression
 from database import quote_identifier as q
+from dialect import Dialect
 from error_handling import DataError
 from schema_management import Column
 
 logger = logging.getLogger("dlt_sync.sanitization")
 
+# The staged value is binary (LONGBLOB); MySQL 8 refuses REGEXP between a binary subject and a
+# text pattern (error 3995), so the subject (an ASCII date text) is converted first, on every server.
 # A DATE/DATETIME text that is the zero value, e.g. '0000-00-00' or '0000-00-00 00:00:00.000'.
-_ZERO_DATE = "{raw} REGEXP '^0000-00-00( 00:00:00([.]0+)?)?$'"
+_ZERO_DATE = "CONVERT({raw} USING utf8mb4) REGEXP '^0000-00-00( 00:00:00([.]0+)?)?$'"
 # A DATE/DATETIME text with a zero month or day ('2020-00-10', '2020-01-00', '0000-00-00 10:00:00').
-_ZERO_IN_DATE = "{raw} REGEXP '^[0-9]{{4}}-(00-|[0-9]{{2}}-00)'"
+_ZERO_IN_DATE = "CONVERT({raw} USING utf8mb4) REGEXP '^[0-9]{{4}}-(00-|[0-9]{{2}}-00)'"
 
 
 def sql_mode_flags(sql_mode: str) -> frozenset[str]:
@@ -178,7 +182,7 @@ class LoadPlan:
                     expressions[i] = f"IF({check.on(raws[i])}, NULL, {expressions[i]})"
         return expressions
 
-    def fixup_statements(self, target: str, stage: str, key: Sequence[str]) -> list[str]:
+    def fixup_statements(self, target: str, stage: str, key: Sequence[str], dialect: Dialect) -> list[str]:
         """Statements run after the ``INSERT ... SELECT`` to write the invalid ENUM value ``''`` exactly.
 
         A strict target refuses ``''`` for an ENUM without that member, so it was loaded as a
@@ -192,11 +196,13 @@ class LoadPlan:
             f"t.{q(name)} = {load_expression(self.columns[index[name.lower()]], f's.c{index[name.lower()]}')}"
             for name in key
         )
-        return [
-            f"SET STATEMENT sql_mode='{self._non_strict_mode}' FOR UPDATE {q(target)} AS t JOIN {q(stage)} AS s "
-            f"ON {join} SET t.{q(self.columns[i].name)} = '' WHERE s.c{i} = ''"
-            for i in self.enum_columns
-        ]
+        statements: list[str] = []
+        for i in self.enum_columns:
+            update = (
+                f"UPDATE {q(target)} AS t JOIN {q(stage)} AS s ON {join} SET t.{q(self.columns[i].name)} = '' WHERE s.c{i} = ''"
+            )
+            statements += dialect.with_sql_mode(self._non_strict_mode, update, self.sql_mode)
+        return statements
 
 
 def stored_values(columns: Sequence[Column], policy: SanitizePolicy, sql_mode: str) -> dict[str, str]:

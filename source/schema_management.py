@@ -20,6 +20,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from database import quote_identifier as q
+from ddl_translation import (
+    check_target_engine,
+    column_for_target,
+    equivalent_columns,
+    translate_column_for,
+    translate_for,
+)
 from error_handling import SchemaError, describe_error, mysql_error_code
 from index_management import unique_key_changes
 
@@ -183,9 +190,17 @@ def target_create_sql(create_sql: str, name: str) -> str:
     return "\n".join([f"CREATE TABLE {q(name)} (", *body, options, *lines[close + 1 :]])
 
 
-def create_table_like_source(target: Connection, source_def: TableDefinition, name: str | None = None) -> None:
-    """Create ``name`` (default: the source table's name) in the target from the source definition."""
-    target.exec_driver_sql(target_create_sql(source_def.create_sql, name or source_def.name))
+def create_table_like_source(
+    target: Connection, source_def: TableDefinition, name: str | None = None, *, source: Connection | None = None
+) -> None:
+    """Create ``name`` (default: the source table's name) in the target from the source definition.
+
+    With the ``source`` connection, the definition is translated to the target's flavor/version.
+    """
+    sql = target_create_sql(source_def.create_sql, name or source_def.name)
+    if source is not None:
+        sql = translate_for(source, target, sql, source_def.name)
+    target.exec_driver_sql(sql)
 
 
 def _parse_type(column_type: str) -> tuple[str, list[str], bool]:
@@ -217,11 +232,12 @@ def same_type(old: Column, new: Column) -> bool:
     'a' and 'A' as one value, so a target that kept the old collation would merge rows the
     source keeps apart.
     """
-    return (
+    same = (
         normalized_type(old.column_type) == normalized_type(new.column_type)
         and old.charset == new.charset
         and old.collation == new.collation
     )
+    return same or equivalent_columns(old, new)  # the same column as the other flavor spells it
 
 
 def _has_non_null_default(definition: str) -> bool:
@@ -280,10 +296,11 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
     source_def = describe_table(source, table)
     changes = SchemaChanges()
     if not table_exists(target, table):
-        create_table_like_source(target, source_def)
+        create_table_like_source(target, source_def, source=source)
         logger.info("SCHEMA_SYNC - CREATE - created target table %s from the source definition", table)
         changes.created = True
         return source_def, changes
+    check_target_engine(target, table)
     target_cols = {c.name.lower(): c for c in fetch_columns(target, table)}
     alters: list[str] = []
     previous: str | None = None
@@ -293,20 +310,20 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
         definition = source_def.definitions[col.name]
         if existing is None:
             position = f"AFTER {q(previous)}" if previous else "FIRST"
-            alters.append(f"ADD COLUMN {q(col.name)} {definition} {position}")
+            alters.append(f"ADD COLUMN {q(col.name)} {translate_column_for(source, target, definition, table, col.name)} {position}")
             changes.added.append(col.name)
             changes.needs_backfill = changes.needs_backfill or not col.generated
-        elif not same_type(existing, col):
+        elif not same_type(existing, column_for_target(source, target, col)):
             if not is_widening(existing, col):
                 raise SchemaError(
                     f"table {table!r} column {col.name!r} changed in the source from {existing.describe()} "
                     f"to {col.describe()}, which could lose target data; alter the target column by hand "
                     f"(ALTER TABLE {table} MODIFY {col.name} ...) or drop the target table to reload it"
                 )
-            alters.append(f"MODIFY COLUMN {q(col.name)} {definition}")
+            alters.append(f"MODIFY COLUMN {q(col.name)} {translate_column_for(source, target, definition, table, col.name)}")
             changes.widened.append(f"{col.name}: {existing.column_type} -> {col.column_type}")
         elif existing.nullable is False and col.nullable:
-            alters.append(f"MODIFY COLUMN {q(col.name)} {definition}")
+            alters.append(f"MODIFY COLUMN {q(col.name)} {translate_column_for(source, target, definition, table, col.name)}")
             changes.widened.append(f"{col.name}: NOT NULL -> NULL")
         elif col.generated or existing.generated:
             # A generated column's values follow its expression: a changed expression (or a column

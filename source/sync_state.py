@@ -14,6 +14,8 @@ from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
+from dialect import Dialect
+
 STATE_TABLE = "_dlt_sync_state"
 
 _CREATE = f"""
@@ -57,19 +59,18 @@ def read_state(target: Connection, table: str) -> TableState | None:
 
 def mark_pending(target: Connection, table: str, lower_bound: str | None) -> None:
     """Record that a load reading from ``lower_bound`` (None: whole table) is about to start."""
-    target.exec_driver_sql(
-        f"INSERT INTO `{STATE_TABLE}` (table_name, pending, pending_from) VALUES (%s, 1, %s) "
-        "ON DUPLICATE KEY UPDATE pending = 1, pending_from = VALUES(pending_from)",
-        (table, lower_bound),
+    sql = Dialect.of(target).upsert_values(
+        STATE_TABLE, ["table_name", "pending", "pending_from"], "(%s, 1, %s)", {"pending": "1", "pending_from": None}
     )
+    target.exec_driver_sql(sql, (table, lower_bound))
 
 
 def mark_done(target: Connection, table: str, rows: int, watermark: str | None) -> None:
     """Record a completed load; the pending bound is cleared."""
-    target.exec_driver_sql(
-        f"INSERT INTO `{STATE_TABLE}` (table_name, pending, pending_from, last_success, last_rows, last_watermark) "
-        "VALUES (%s, 0, NULL, UTC_TIMESTAMP(6), %s, %s) "
-        "ON DUPLICATE KEY UPDATE pending = 0, pending_from = NULL, last_success = VALUES(last_success), "
-        "last_rows = VALUES(last_rows), last_watermark = VALUES(last_watermark)",
-        (table, rows, watermark),
+    sql = Dialect.of(target).upsert_values(
+        STATE_TABLE,
+        ["table_name", "pending", "pending_from", "last_success", "last_rows", "last_watermark"],
+        "(%s, 0, NULL, UTC_TIMESTAMP(6), %s, %s)",
+        {"pending": "0", "pending_from": "NULL", "last_success": None, "last_rows": None, "last_watermark": None},
     )
+    target.exec_driver_sql(sql, (table, rows, watermark))

@@ -33,6 +33,7 @@ from config import SanitizePolicy, Settings
 from data_processing import comparable_expression, encode_tsv_buffer, load_expression, rows_as_parameters
 from database import Engines
 from database import quote_identifier as q
+from dialect import Dialect
 from error_handling import (
     DataError,
     ShutdownRequested,
@@ -48,6 +49,9 @@ from schema_management import Column
 logger = logging.getLogger("dlt_sync.target_loader")
 
 LoadPath = Literal["load_data", "insert"]
+# Why CREATE TEMPORARY TABLE may be refused: no privilege (1044, 1142, 1227), or MySQL < 8.0.13
+# with enforce_gtid_consistency inside a transaction (1787): regular staging tables then.
+TEMPORARY_TABLE_REFUSED = frozenset({1044, 1142, 1227, 1787})
 PARALLEL_EMPTY_LOADS = 2  # chunks loaded at once into an empty table (see TargetLoader._parallel_loads)
 
 
@@ -93,6 +97,7 @@ class TargetLoader:
         self.label = label  # the table name for messages (loads may target a shadow table)
         self.sanitized = SanitizeCounter()  # values set to NULL by the sanitization policy, committed only
         self._sql_mode: str | None = None
+        self._dialect: Dialect | None = None
         self._plan: LoadPlan | None = None
         # Without CREATE TEMPORARY TABLES (not in TRD 7.1.1's grants) a regular staging table is used.
         self.persistent_stage = persistent_stage
@@ -220,7 +225,8 @@ class TargetLoader:
             try:
                 cursor = raw.cursor()
                 try:
-                    cursor.execute(f"SET SESSION max_statement_time={int(self.settings.transaction_timeout)}")
+                    for statement in self.dialect.statement_limit(self.settings.transaction_timeout):
+                        cursor.execute(statement)
                     started = time.monotonic()
                     plan = self._load_plan(cursor, table, columns)
                     sanitized: dict[str, int] = {}
@@ -229,7 +235,8 @@ class TargetLoader:
                     else:
                         sanitized = self._upsert_via_stage(cursor, table, columns, key, chunk, plan, into_empty)
                     raw.commit()
-                    cursor.execute("SET SESSION max_statement_time=0")
+                    for statement in self.dialect.clear_statement_limit():
+                        cursor.execute(statement)
                     with self._counter_lock:
                         self.sanitized.add(sanitized, plan.reasons())
                     logger.debug("LOADER - CHUNK - %s: %d rows in %.2fs", table, chunk.num_rows, time.monotonic() - started)
@@ -250,6 +257,13 @@ class TargetLoader:
                 raise
             finally:
                 raw.close()
+
+    @property
+    def dialect(self) -> Dialect:
+        """The target's SQL dialect (read from the engine once)."""
+        if self._dialect is None:
+            self._dialect = Dialect.of(self.engines.target)
+        return self._dialect
 
     def _load_plan(self, cursor: Any, table: str, columns: Sequence[Column]) -> LoadPlan:
         """The sanitization/exact-transport plan for ``columns`` under the target session's sql_mode."""
@@ -297,27 +311,25 @@ class TargetLoader:
 
         Returns the number of values per column the sanitization policy set to NULL.
         """
-        columns_sql = ", ".join(f"c{i} LONGBLOB NULL" for i in range(len(columns)))
+        comment = "dlt-db-sync staging rows of one chunk; safe to drop while the daemon is stopped"
         if self.persistent_stage:
             stage = self.stage_name(table)
             if stage not in self._stages_created:
                 # DDL commits implicitly; here, at the start of the chunk, there is nothing to commit yet.
                 cursor.execute(f"DROP TABLE IF EXISTS {q(stage)}")
-                cursor.execute(
-                    f"CREATE TABLE {q(stage)} ({columns_sql}) ENGINE=InnoDB "
-                    "COMMENT='dlt-db-sync staging rows of one chunk; safe to drop while the daemon is stopped'"
-                )
+                cursor.execute(self.dialect.stage_table_sql(stage, len(columns), temporary=False, comment=comment))
                 self._stages_created.add(stage)
             cursor.execute(f"DELETE FROM {q(stage)}")
         else:
             stage = "_dlt_sync_stage"
             cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {q(stage)}")
-            cursor.execute(f"CREATE TEMPORARY TABLE {q(stage)} ({columns_sql}) ENGINE=InnoDB")
+            cursor.execute(self.dialect.stage_table_sql(stage, len(columns), temporary=True))
+        stage_columns = self.dialect.stage_columns(len(columns))
         if self.path == "load_data":
-            self._load_data(cursor, stage, ", ".join(f"c{i}" for i in range(len(columns))), "", encode_tsv_buffer(chunk))
+            self._load_data(cursor, stage, stage_columns, "", encode_tsv_buffer(chunk))
         else:
             placeholders = ", ".join(["%s"] * len(columns))
-            cursor.executemany(f"INSERT INTO {q(stage)} VALUES ({placeholders})", rows_as_parameters(chunk))
+            cursor.executemany(f"INSERT INTO {q(stage)} ({stage_columns}) VALUES ({placeholders})", rows_as_parameters(chunk))
         counts: dict[str, int] = {}
         count_sql = plan.count_sql(stage)
         if count_sql is not None:
@@ -326,16 +338,11 @@ class TargetLoader:
             plan.refuse(counts)
         if not into_empty:
             self._remove_colliding_rows(cursor, table, columns, key, stage)
-        names = ", ".join(q(c.name) for c in columns)
-        values = ", ".join(plan.value_expressions([f"c{i}" for i in range(len(columns))]))
+        values = plan.value_expressions([f"c{i}" for i in range(len(columns))])
         keyset = {k.lower() for k in key}
-        updates = [f"{q(c.name)} = VALUES({q(c.name)})" for c in columns if c.name.lower() not in keyset]
-        if not updates:
-            updates = [f"{q(columns[0].name)} = {q(columns[0].name)}"]
-        cursor.execute(
-            f"INSERT INTO {q(table)} ({names}) SELECT {values} FROM {q(stage)} ON DUPLICATE KEY UPDATE {', '.join(updates)}"
-        )
-        for statement in plan.fixup_statements(table, stage, key):
+        updates = [c.name for c in columns if c.name.lower() not in keyset]
+        cursor.execute(self.dialect.upsert_select(table, [c.name for c in columns], values, q(stage), updates))
+        for statement in plan.fixup_statements(table, stage, key, self.dialect):
             cursor.execute(statement)
         cursor.execute(f"DELETE FROM {q(stage)}" if self.persistent_stage else f"DROP TEMPORARY TABLE {q(stage)}")
         return counts
@@ -393,9 +400,9 @@ def temporary_tables_allowed(engine: Any) -> bool:
     """Whether the target user may create temporary tables (probed once at start-up)."""
     with engine.connect() as conn:
         try:
-            conn.exec_driver_sql("CREATE TEMPORARY TABLE `_dlt_sync_probe` (a INT)")
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE `_dlt_sync_probe` (a INT PRIMARY KEY)")
         except sa_exc.DBAPIError as exc:
-            if mysql_error_code(exc) in {1044, 1142, 1227}:
+            if mysql_error_code(exc) in TEMPORARY_TABLE_REFUSED:
                 return False
             raise
         conn.exec_driver_sql("DROP TEMPORARY TABLE `_dlt_sync_probe`")

@@ -1,4 +1,9 @@
-"""Shared fixtures: source path on sys.path, throwaway MariaDB servers, per-test databases."""
+"""Shared fixtures: source path on sys.path, throwaway MariaDB servers, per-test databases.
+
+External mode: with ``TEST_SOURCE_URL`` and ``TEST_TARGET_URL`` (``mysql://user:pw@host:port``) the
+integration tests use those servers instead (MySQL or MariaDB, see tests/external_server.py);
+every test still gets fresh databases, and tests that start their own servers skip.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,13 @@ sys.path.insert(0, str(ROOT / "source"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # shared helpers of the integration tests
 
+from external_server import SKIP_REASON, ExternalServer  # noqa: E402
 from mariadb_server import MariaDBServer, init_template  # noqa: E402
+
+EXTERNAL_URLS = (os.environ.get("TEST_SOURCE_URL", ""), os.environ.get("TEST_TARGET_URL", ""))
+EXTERNAL = all(EXTERNAL_URLS)
+if any(EXTERNAL_URLS) and not EXTERNAL:
+    raise RuntimeError("set both TEST_SOURCE_URL and TEST_TARGET_URL for external mode, or neither")
 
 
 class ServerFactory:
@@ -40,21 +51,27 @@ class ServerFactory:
 
 @pytest.fixture(scope="session")
 def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
+    if EXTERNAL:
+        pytest.skip(SKIP_REASON)
     factory = ServerFactory(tmp_path_factory.mktemp("mariadb"))
     yield factory
     factory.destroy_all()
 
 
 @pytest.fixture(scope="session")
-def source_server(server_factory: ServerFactory) -> MariaDBServer:
-    """A shared source server (UTC); tests must not stop it — start their own to do that."""
-    return server_factory.start("source", ["--default-time-zone=+07:00"])
+def source_server(request: pytest.FixtureRequest) -> MariaDBServer:
+    """A shared source server (UTC+7); tests must not stop it — start their own to do that."""
+    if EXTERNAL:
+        return ExternalServer(EXTERNAL_URLS[0], "source")  # type: ignore[return-value]
+    return request.getfixturevalue("server_factory").start("source", ["--default-time-zone=+07:00"])
 
 
 @pytest.fixture(scope="session")
-def target_server(server_factory: ServerFactory) -> MariaDBServer:
+def target_server(request: pytest.FixtureRequest) -> MariaDBServer:
     """A shared target server in a different time zone from the source."""
-    return server_factory.start("target", ["--default-time-zone=-05:00"])
+    if EXTERNAL:
+        return ExternalServer(EXTERNAL_URLS[1], "target")  # type: ignore[return-value]
+    return request.getfixturevalue("server_factory").start("target", ["--default-time-zone=-05:00"])
 
 
 @dataclass
@@ -72,13 +89,13 @@ class SyncEnv:
             "SOURCE_DB_HOST": self.source.host,
             "SOURCE_DB_PORT": str(self.source.port),
             "SOURCE_DB_NAME": self.source_db,
-            "SOURCE_DB_USER": "root",
-            "SOURCE_DB_PASS": "",
+            "SOURCE_DB_USER": self.source.user,
+            "SOURCE_DB_PASS": self.source.password,
             "TARGET_DB_HOST": self.target.host,
             "TARGET_DB_PORT": str(self.target.port),
             "TARGET_DB_NAME": self.target_db,
-            "TARGET_DB_USER": "root",
-            "TARGET_DB_PASS": "",
+            "TARGET_DB_USER": self.target.user,
+            "TARGET_DB_PASS": self.target.password,
             "INTERVAL": "1",
             "BATCH_DELAY": "0",
             "LOCK_TIMEOUT_BASE_DELAY": "0.2",

@@ -64,6 +64,8 @@ class MariaDBServer:
         (self.root / "tmp").mkdir(exist_ok=True)
         self.port = free_port()
         self.host = "127.0.0.1"
+        self.user = "root"  # the credentials tests use (ExternalServer reads them from its URL)
+        self.password = ""
         self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen[bytes] | None = None
 

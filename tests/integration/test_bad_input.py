@@ -150,7 +150,7 @@ def test_wrong_password(sync_env: SyncEnv) -> None:
     result = run_daemon(sync_env.environ(TARGET_DB_PASS=password), "--once", cwd=sync_env.workdir)
     assert result.returncode == 1, result.stdout
     assert "access denied" in result.stdout.lower()
-    assert "cannot connect to the target database root@" in result.stdout
+    assert f"cannot connect to the target database {sync_env.target.user}@" in result.stdout
     assert "Traceback" not in result.stdout
     for form in (password, "S3cr3t", "S3cr3t%21pw"):
         assert form not in result.stdout

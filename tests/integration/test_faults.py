@@ -130,7 +130,7 @@ def test_unreachable_source_fails_within_seconds(sync_env: SyncEnv) -> None:
     result = run_daemon(sync_env.environ(SOURCE_DB_PORT=free_port()), "--once", cwd=sync_env.workdir, timeout=60)
     assert time.monotonic() - started < 15
     assert result.returncode == 1, result.stdout
-    assert "cannot connect to the source database root@127.0.0.1:" in result.stdout
+    assert f"cannot connect to the source database {sync_env.source.user}@{sync_env.source.host}:" in result.stdout
     assert "MySQL error 2003" in result.stdout
 
 

@@ -99,7 +99,7 @@ def test_rows_as_parameters_keeps_str_bytes_and_none() -> None:
     ("column", "extract", "load"),
     [
         (col("b", "bit", "bit(64)"), "CAST(CAST(`b` AS UNSIGNED) AS CHAR)", "CAST(@r AS UNSIGNED)"),
-        (col("f", "float"), "CAST(CAST(`f` AS DOUBLE) AS CHAR)", "@r"),
+        (col("f", "float"), "CAST((`f` * 1e0) AS CHAR)", "@r"),
         (col("d", "double"), "CAST(`d` AS CHAR)", "@r"),
         (col("m", "decimal", "decimal(65,30)"), "CAST(`m` AS CHAR)", "@r"),
         (col("u", "bigint", "bigint(20) unsigned"), "CAST(`u` AS CHAR)", "@r"),

@@ -359,6 +359,71 @@ def test_gitlab_ci_holds_no_secret_values(gitlab_ci: dict[str, Any]) -> None:
             assert str(value).startswith("$"), f"{name} must come from a CI/CD variable"
 
 
+# The external-mode matrix of issue 13: job name -> (source image, target image).
+EXTERNAL_MATRIX = {
+    "test_mysql_5.7": ("mysql:5.7", "mysql:5.7"),
+    "test_mysql_8.0": ("mysql:8.0", "mysql:8.0"),
+    "test_mysql_8.4": ("mysql:8.4", "mysql:8.4"),
+    "test_mariadb_10.6": ("mariadb:10.6", "mariadb:10.6"),
+    "test_mariadb_10.11": ("mariadb:10.11", "mariadb:10.11"),
+    "test_mariadb_11.4": ("mariadb:11.4", "mariadb:11.4"),
+    "test_mysql_8.0_to_mariadb_10.11": ("mysql:8.0", "mariadb:10.11"),
+    "test_mariadb_10.11_to_mysql_8.0": ("mariadb:10.11", "mysql:8.0"),
+}
+
+
+def _resolved(gitlab_ci: dict[str, Any], name: str) -> dict[str, Any]:
+    """A job with its ``extends`` template merged in (variables merged key by key, as GitLab does)."""
+    job = dict(gitlab_ci[name])
+    parent = job.pop("extends", None)
+    if parent is None:
+        return job
+    merged = {**_resolved(gitlab_ci, parent), **job}
+    merged["variables"] = {**gitlab_ci[parent].get("variables", {}), **job.get("variables", {})}
+    return merged
+
+
+def _expand(value: str, variables: dict[str, Any]) -> str:
+    return re.sub(r"\$(\w+)", lambda m: str(variables.get(m.group(1), m.group(0))), value)
+
+
+def test_gitlab_external_matrix_jobs_and_images(gitlab_ci: dict[str, Any]) -> None:
+    jobs = {name for name, job in gitlab_ci.items() if isinstance(job, dict) and job.get("extends") == ".test_external"}
+    assert jobs == set(EXTERNAL_MATRIX)
+    for name, (source, target) in EXTERNAL_MATRIX.items():
+        job = _resolved(gitlab_ci, name)
+        assert job["stage"] == "test"
+        services = {service["alias"]: service for service in job["services"]}
+        assert set(services) == {"source", "target"}
+        assert _expand(services["source"]["name"], job["variables"]) == source, name
+        assert _expand(services["target"]["name"], job["variables"]) == target, name
+
+
+def test_gitlab_external_servers_get_the_readme_options(gitlab_ci: dict[str, Any]) -> None:
+    job = _resolved(gitlab_ci, "test_mysql_8.0")
+    services = {service["alias"]: service for service in job["services"]}
+    zones = {}
+    for alias, service in services.items():
+        assert "--local-infile=1" in service["command"], alias
+        (zone,) = [arg for arg in service["command"] if arg.startswith("--default-time-zone=")]
+        zones[alias] = zone
+    assert zones["source"] != zones["target"]  # as the throwaway servers of `make test`
+    # Both image families read their root password; the tests log in with the same one.
+    assert job["variables"]["MYSQL_ROOT_PASSWORD"] == job["variables"]["MARIADB_ROOT_PASSWORD"]
+    script = " ".join(job["script"])
+    assert "make test-external" in script
+    for alias in ("source", "target"):
+        assert f"TEST_{alias.upper()}_URL=\"mysql://root:$MYSQL_ROOT_PASSWORD@{alias}:3306\"" in script
+
+
+def test_makefile_test_external_target_runs_the_integration_suite() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    match = re.search(r"^test-external:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert match, "Makefile has no test-external target"
+    assert "TEST_SOURCE_URL" in match.group(1) and "pytest tests/integration" in match.group(1)
+    assert "make test-external" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
 # --- demo files -------------------------------------------------------------------------------------
 
 

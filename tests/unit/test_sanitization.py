@@ -10,11 +10,13 @@ import re
 import pyarrow as pa
 import pytest
 
+from dialect import Dialect
 from error_handling import DataError
 from sanitization import LoadPlan, SanitizeCounter, sql_mode_flags, unstorable_check
 from schema_management import Column
 
 STRICT_NO_ZERO = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE"
+MARIADB = Dialect("mariadb", (10, 11, 6))
 
 
 def col(name: str, data_type: str, column_type: str | None = None, *, nullable: bool = True, charset: str | None = None) -> Column:
@@ -23,7 +25,7 @@ def col(name: str, data_type: str, column_type: str | None = None, *, nullable: 
 
 def regex_matches(predicate: str, value: str) -> bool:
     """Evaluate a check's ``REGEXP`` predicate in Python (MariaDB's REGEXP is PCRE, same syntax here)."""
-    parts = re.findall(r"(NOT \()?\{raw\} REGEXP '([^']*)'\)?", predicate)
+    parts = re.findall(r"(NOT \()?CONVERT\(\{raw\} USING utf8mb4\) REGEXP '([^']*)'\)?", predicate)
     assert parts, predicate
     results = []
     for negated, pattern in parts:
@@ -93,7 +95,7 @@ def dates_plan(policy: str, sql_mode: str = STRICT_NO_ZERO) -> LoadPlan:
 
 def test_count_sql_is_one_aggregate_over_the_stage() -> None:
     sql = dates_plan("error").count_sql("_stage")
-    assert sql is not None and sql.startswith("SELECT SUM((c1 REGEXP") and sql.endswith("FROM `_stage`")
+    assert sql is not None and sql.startswith("SELECT SUM((CONVERT(c1 USING utf8mb4) REGEXP") and sql.endswith("FROM `_stage`")
     assert sql.count("SUM(") == 3  # da, dn, ts
     assert dates_plan("error", "STRICT_ALL_TABLES").count_sql("_stage") is None
 
@@ -128,7 +130,7 @@ def test_value_expressions_wrap_only_nullable_checked_columns_under_null() -> No
     assert error[:3] == ["c0", "c1", "c2"]
     null = dates_plan("null").value_expressions(raws)
     assert null[0] == "c0" and null[2] == "c2"
-    assert null[1].startswith("IF((c1 REGEXP ") and null[1].endswith(", NULL, c1)")
+    assert null[1].startswith("IF((CONVERT(c1 USING utf8mb4) REGEXP ") and null[1].endswith(", NULL, c1)")
     assert null[3].startswith("IF((CAST(c3 AS DECIMAL(20,6)) = 0), NULL, IF(c3 IS NULL")
     # The ENUM's invalid value '' is loaded as a placeholder under every policy.
     assert error[4] == null[4] == "IF(c4 = '', NULL, CONVERT(c4 USING utf8mb4))"
@@ -142,11 +144,11 @@ def test_enum_fixup_updates_only_that_column_in_a_non_strict_statement() -> None
     ]
     plan = LoadPlan("t", columns, "error", STRICT_NO_ZERO)
     assert plan.value_expressions(["c0", "c1", "c2"])[2] == "IF(c2 = '', 'x', CONVERT(c2 USING utf8mb4))"
-    assert plan.fixup_statements("t__dlt_new", "_stage", ["k", "NAME"]) == [
+    assert plan.fixup_statements("t__dlt_new", "_stage", ["k", "NAME"], MARIADB) == [
         "SET STATEMENT sql_mode='NO_ZERO_DATE,NO_ZERO_IN_DATE' FOR UPDATE `t__dlt_new` AS t JOIN `_stage` AS s "
         "ON t.`k` = s.c0 AND t.`NAME` = CONVERT(s.c1 USING utf8mb4) SET t.`e` = '' WHERE s.c2 = ''"
     ]
-    assert LoadPlan("t", columns[:2], "error", STRICT_NO_ZERO).fixup_statements("t", "_stage", ["k"]) == []
+    assert LoadPlan("t", columns[:2], "error", STRICT_NO_ZERO).fixup_statements("t", "_stage", ["k"], MARIADB) == []
 
 
 def test_needs_stage_only_for_checks_or_an_empty_enum_value() -> None:
