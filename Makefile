@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit lint bench deps tools clean
+.PHONY: demo test unit lint bench deps tools clean fuzz
 
 $(STAMP): source/requirements.txt requirements-dev.txt
 	@command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || \
@@ -29,6 +29,13 @@ tools:
 ## Run the whole test suite (unit + integration on throwaway MariaDB servers).
 test: $(STAMP) tools
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## Differential fuzzer with fresh random seeds (issue 11): FUZZ_MINUTES (10), FUZZ_SEED (first seed),
+## FUZZ_EXCLUDE (comma-separated feature names). Prints each divergence's minimal reproduction.
+FUZZ_MINUTES ?= 10
+fuzz: $(STAMP)
+	FUZZ_MINUTES=$(FUZZ_MINUTES) FUZZ_SEED=$(FUZZ_SEED) FUZZ_EXCLUDE=$(FUZZ_EXCLUDE) \
+	  $(PY) -m pytest tests/fuzz/test_fuzz.py -k fresh_seeds -s -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q

@@ -225,6 +225,7 @@ class Values:
     def __init__(self, rnd: random.Random, features: frozenset[str]) -> None:
         self.rnd = rnd
         self.features = features
+        self.last_length = 0  # characters of the last text value made
 
     def text(self, charset: str, length: int) -> str:
         rnd = self.rnd
@@ -233,6 +234,7 @@ class Values:
         value = "".join(rnd.choice(alphabet) for _ in range(min(n, length)))
         if rnd.random() < 0.1 and len(value) < length:
             value += " "  # trailing space: PAD SPACE collations compare it away, bytes must not
+        self.last_length = len(value)
         return value
 
     def value(self, col: Col) -> str:
@@ -385,6 +387,7 @@ class TableGen:
         self.reusable: set[str] = set()  # columns whose UNIQUE key was dropped: values may repeat now
         self.used: dict[str, list[str]] = {}
         self.maxlen: dict[str, int] = {}
+        self.written: set[str] = set()  # columns that received a non-NULL value
         self.index_no = 0
         self.col_no = 0
         self.table = self._shape()
@@ -530,8 +533,10 @@ class TableGen:
 
     def _value(self, col: Col) -> str:
         value = self.values.value(col)
+        if value != "NULL":
+            self.written.add(col.name)
         if col.kind in {"char", "text"} and value != "NULL":
-            self.maxlen[col.name] = max(self.maxlen.get(col.name, 0), len(value))
+            self.maxlen[col.name] = max(self.maxlen.get(col.name, 0), self.values.last_length)
         return value
 
     def new_key(self) -> dict[str, str]:
@@ -730,13 +735,16 @@ class TableGen:
         p = col.params
         if col.kind == "int":
             rank = INT_ORDER.index(p["base"])
+            if action == "narrow" and rank and col.name not in self.written:  # only NULLs so far: fits
+                base = INT_ORDER[rank - 1]
+                return dataclasses.replace(col, type_sql=base + (" UNSIGNED" if p.get("unsigned") else ""), params={**p, "base": base})
             if action == "widen" and rank + 1 < len(INT_ORDER):
                 base = INT_ORDER[rank + 1]
                 return dataclasses.replace(col, type_sql=base + (" UNSIGNED" if p.get("unsigned") else ""), params={**p, "base": base})
             return None
         if col.kind == "char" and p["base"].startswith("VARCHAR"):
             length = p["length"]
-            new = length + 20 if action == "widen" else max(self.maxlen.get(col.name, 0), 1)
+            new = length + 20 if action == "widen" else max(self.maxlen.get(col.name, 0), 1, length // 2)
             if action == "narrow" and new >= length:
                 return None
             type_sql = f"VARCHAR({new}) CHARACTER SET {p['charset']} COLLATE {p['collation']}"

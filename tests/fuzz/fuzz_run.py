@@ -19,13 +19,14 @@ import pprint
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pymysql
-from fuzz_case import Case, Step, q
+from fuzz_case import Case, Step, generate, q
 
 import config
 from database import create_engines
@@ -68,6 +69,7 @@ class Outcome:
     loud: list[tuple[str, int, str]] = field(default_factory=list)  # (table, cycle, error) of failed tables
     invalid: str | None = None  # the workload itself failed on the source (a generator or shrinker artefact)
     cycles: int = 0
+    databases: tuple[str, str] = ("", "")  # (source, target) database names
 
 
 class InvalidCase(Exception):
@@ -169,6 +171,7 @@ def apply_steps(conn: pymysql.Connection, steps: PlainCycle) -> None:
         try:
             with conn.cursor() as cur:
                 cur.execute(f"SET timestamp = {int(ts)}")
+                cur.execute("SET SESSION lock_wait_timeout = 20")
                 cur.execute("START TRANSACTION")
                 for sql in statements:
                     cur.execute(sql)
@@ -179,13 +182,15 @@ def apply_steps(conn: pymysql.Connection, steps: PlainCycle) -> None:
 
 
 def run_plan(pair: FuzzPair, workdir: Path, entries: list[dict[str, Any]], creates: list[str], cycles: list[PlainCycle],
-             env: dict[str, str]) -> Outcome:
-    """Create the tables, then per cycle: the steps on the source, one sync, the oracle on every table."""
+             env: dict[str, str], keep: bool = False) -> Outcome:
+    """Create the tables, then per cycle: the steps on the source, one sync, the oracle on every table.
+
+    The databases are dropped afterwards unless ``keep`` (the caller drops ``Outcome.databases``)."""
     suffix = uuid.uuid4().hex[:10]
     source_db, target_db = f"fz_src_{suffix}", f"fz_tgt_{suffix}"
     workdir = workdir / suffix
     workdir.mkdir(parents=True)
-    outcome = Outcome()
+    outcome = Outcome(databases=(source_db, target_db))
     pair.source.execute(f"CREATE DATABASE {source_db} CHARACTER SET utf8mb4")
     pair.target.execute(f"CREATE DATABASE {target_db} CHARACTER SET utf8mb4")
     source = pair.source.connect(source_db)
@@ -229,6 +234,13 @@ def run_plan(pair: FuzzPair, workdir: Path, entries: list[dict[str, Any]], creat
                 if verifier.verify(spec, repair=False):
                     outcome.findings.append(Finding(spec.table, number, "verifier-blind",
                                                     f"--verify says identical but: {difference}"))
+            leaked = engines.source.pool.checkedout() + engines.target.pool.checkedout()
+            if leaked:
+                # Connections still checked out between cycles hold transactions (and metadata
+                # locks: the source's DDL waits on them) and drain the pool by one per cycle.
+                failed = [t for t, c, _m in outcome.loud if c == number]
+                outcome.findings.append(Finding(failed[0] if failed else specs[0].table, number, "connection-leak",
+                                                f"{leaked} connection(s) still checked out after the cycle"))
             if outcome.findings:
                 return outcome
         return outcome
@@ -237,8 +249,9 @@ def run_plan(pair: FuzzPair, workdir: Path, entries: list[dict[str, Any]], creat
             engines.dispose()
         source.close()
         target.close()
-        pair.source.execute(f"DROP DATABASE IF EXISTS {source_db}")
-        pair.target.execute(f"DROP DATABASE IF EXISTS {target_db}")
+        if not keep:
+            pair.source.execute(f"DROP DATABASE IF EXISTS {source_db}")
+            pair.target.execute(f"DROP DATABASE IF EXISTS {target_db}")
 
 
 def plain(case: Case) -> tuple[list[dict[str, Any]], list[str], list[PlainCycle]]:
@@ -247,9 +260,10 @@ def plain(case: Case) -> tuple[list[dict[str, Any]], list[str], list[PlainCycle]
     return case.entries(), [t.create_sql() for t in case.tables], cycles
 
 
-def run_case(pair: FuzzPair, workdir: Path, case: Case) -> Outcome:
+def run_case(pair: FuzzPair, workdir: Path, case: Case, keep: bool = False) -> Outcome:
+    """Run ``case`` (see :func:`run_plan`)."""
     entries, creates, cycles = plain(case)
-    return run_plan(pair, workdir, entries, creates, cycles, case.env)
+    return run_plan(pair, workdir, entries, creates, cycles, case.env, keep)
 
 
 def replay(pair: FuzzPair, workdir: Path, entries: list[dict[str, Any]], creates: list[str], cycles: list[PlainCycle],
@@ -401,7 +415,7 @@ class Shrinker:
 # --------------------------------------------------------------------------- reproduction
 def reproduction(case: Case, finding: Finding, features: Sequence[str] = ()) -> str:
     """A runnable pytest module (for tests/fuzz/) reproducing ``finding``, with the SQL spelled out."""
-    entries, creates, cycles = plain(case)
+    entries, creates, _cycles = plain(case)
     name = f"test_fuzz_repro_seed_{case.seed}"
     lines = [
         f"# Minimal reproduction: fuzz seed {case.seed}, table {finding.table}, cycle {finding.cycle}: {finding.kind}",
@@ -418,9 +432,9 @@ def reproduction(case: Case, finding: Finding, features: Sequence[str] = ()) -> 
         "]",
         "CYCLES = [",
     ]
-    for number, steps in enumerate(cycles):
+    for number, steps in enumerate(case.cycles):
         lines.append(f"    [  # cycle {number}")
-        lines += [f"        ({ts}, {statements!r})," for ts, statements in steps]
+        lines += [f"        ({s.ts}, {s.sql()!r}),  # {s.note}" for s in steps if s.sql()]
         lines.append("    ],")
     lines += [
         "]",
@@ -438,3 +452,63 @@ def quiet_daemon_logs() -> None:
     """The daemon logs every table's failure; the fuzzer reports them itself."""
     logging.getLogger("dlt_sync").setLevel(logging.CRITICAL)
 
+
+
+# --------------------------------------------------------------------------- sessions
+@dataclass
+class SessionReport:
+    """What a run over many seeds found."""
+
+    cases: int = 0
+    clean: int = 0  # ran every cycle without a divergence (loud failures allowed)
+    with_loud: int = 0  # had at least one table failing loudly
+    invalid: list[str] = field(default_factory=list)
+    findings: list[tuple[int, Finding, str]] = field(default_factory=list)  # (seed, finding, reproduction)
+    loud: Counter[str] = field(default_factory=Counter)  # loud failure messages (first line, shortened)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"fuzz: {self.cases} cases in {self.seconds:.0f}s: {self.clean} clean (no divergence), "
+                 f"{len(self.findings)} with a divergence, {len(self.invalid)} invalid; "
+                 f"{self.with_loud} had a table failing loudly"]
+        lines += [f"  loud x{n}: {message}" for message, n in self.loud.most_common(12)]
+        lines += [f"  invalid case: {text}" for text in self.invalid[:10]]
+        lines += [f"  DIVERGENCE seed {seed}: {f.table} cycle {f.cycle} {f.kind}: {f.detail[:300]}" for seed, f, _ in self.findings]
+        return "\n".join(lines)
+
+
+def _loud_key(message: str) -> str:
+    return message.splitlines()[0][:160]
+
+
+def fuzz_session(pair: FuzzPair, workdir: Path, seeds: Iterable[int], features: frozenset[str], deadline: float | None = None,
+                 shrink_seconds: float = 90.0, max_shrinks: int = 6, log: Callable[[str], None] = print) -> SessionReport:
+    """Run ``generate(seed, features)`` for each seed (until ``deadline``), shrinking each divergence."""
+    report = SessionReport()
+    started = time.monotonic()
+    for seed in seeds:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        case = generate(seed, features)
+        outcome = run_case(pair, workdir, case)
+        report.cases += 1
+        if outcome.invalid:
+            report.invalid.append(f"seed {seed}: {outcome.invalid}")
+            continue
+        report.with_loud += bool(outcome.loud)
+        report.loud.update({_loud_key(message) for _table, _cycle, message in outcome.loud})
+        if not outcome.findings:
+            report.clean += 1
+            continue
+        finding = outcome.findings[0]
+        log(f"seed {seed}: {finding.table} cycle {finding.cycle}: {finding.kind}: {finding.detail}")
+        if len(report.findings) < max_shrinks:
+            shrinker = Shrinker(pair, workdir, shrink_seconds, log)
+            shrunk, found = shrinker.shrink(case, finding)
+            text = reproduction(shrunk, found)
+        else:
+            text = f"# not shrunk (limit of {max_shrinks} per run): reproduce with FUZZ_SEED={seed} FUZZ_MINUTES=0.1"
+        log(text)
+        report.findings.append((seed, finding, text))
+    report.seconds = time.monotonic() - started
+    return report
