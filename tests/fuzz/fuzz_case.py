@@ -444,8 +444,6 @@ class TableGen:
                 indexes.append(Index("mod_idx", (self.modifier,)))
         else:
             self.modifier = None
-        for _ in range(rnd.randint(1, 7)):
-            self.cols.append(random_col(rnd, self._next_col_name(), f))
         partition = None
         if self.key_kind == "int" and rnd.random() < 0.3:
             options = (["range", "list"] if "range_list_partitions" in f else []) + (["hash"] if "hash_partitions" in f else [])
@@ -461,6 +459,8 @@ class TableGen:
             if partition and self.cols[0].type_sql == "BIGINT":
                 self.cols[0] = dataclasses.replace(self.cols[0], type_sql="BIGINT UNSIGNED")
         self.partitioned = partition is not None
+        for _ in range(rnd.randint(1, 7)):
+            self.cols.append(self._random_col())
         if "unique_keys" in f and not self.partitioned and rnd.random() < 0.6:
             indexes.append(self._unique_col(nullable=rnd.random() < 0.5))
         indexable = [c for c in self.plain_cols() if c.kind != "geometry"]
@@ -488,6 +488,13 @@ class TableGen:
             entry["deletes"] = "ignore" if "deletes_ignore" in f and rnd.random() < 0.25 else "reconcile"
         # Snapshots: the workload's schema changes evolve self.cols and self.indexes, not the CREATE.
         return Table(self.name, list(self.cols), pk, key, list(indexes), partition, entry, self.mod_kind)
+
+    def _random_col(self) -> Col:
+        """A new column of a random type (no GEOMETRY in partitioned tables: InnoDB refuses it there)."""
+        while True:
+            col = random_col(self.rnd, self._next_col_name(), self.features)
+            if col.kind != "geometry" or not self.partitioned:
+                return col
 
     def plain_cols(self) -> list[Col]:
         """Columns the workload writes freely (no key, modifier, unique or generated column)."""
@@ -664,7 +671,7 @@ class TableGen:
         indexed = {c for i in self.indexes for c in i.columns}
         read = {r for c in self.cols for r in c.reads}
         if action == "add":
-            col = random_col(rnd, self._next_col_name(), f)
+            col = self._random_col()
             col.nullable = True
             position = rnd.choice(["", " FIRST", f" AFTER {q(self.cols[0].name)}"])
             self.cols.append(col)
