@@ -31,7 +31,8 @@ FEATURES: dict[str, str] = {
     "version_modifier": "integer version modifiers: a global increasing change number (item 3)",
     "nullable_unique_key": "primary_key naming a UNIQUE key with a NULL-able column (item 4)",
     "big_blob": "BLOB values over half of max_allowed_packet (item 5)",
-    "older_modifier": "delete + re-insert with an older modifier (item 6)",
+    "older_modifier": "delete + re-insert with an older modifier, within the lookback window (item 6)",
+    "older_than_lookback": "delete + re-insert with a modifier older than the watermark minus the lookback (item 6)",
     "generated_columns": "VIRTUAL and STORED generated columns (item 7)",
     "range_list_partitions": "RANGE and LIST partitioned tables (item 8)",
     "hash_partitions": "HASH partitioned tables",
@@ -369,6 +370,7 @@ class Row:
 
     key: dict[str, str]
     uniq: dict[str, str] = field(default_factory=dict)
+    at: int = 0  # simulated second of its last write (the modifier's value, up to its granularity)
 
 
 class TableGen:
@@ -566,7 +568,7 @@ class TableGen:
 
     def row_values(self, key: dict[str, str], older: int = 0) -> tuple[dict[str, str], Row]:
         values = dict(key)
-        row = Row(dict(key))
+        row = Row(dict(key), at=self.ts - older)
         mod = self.modifier_value(older)
         if mod is not None and self.modifier:
             values[self.modifier] = mod
@@ -593,11 +595,29 @@ class TableGen:
             self.rows.append(row)
         return self.step("insert", rows=rows, note=f"insert {n} rows")
 
+    def _same_modifier(self, row: Row) -> bool:
+        """Whether a write now leaves ``row``'s modifier value as it is (same second or same day)."""
+        if self.mod_kind == "ts":
+            return row.at == self.ts
+        if self.mod_kind == "date":
+            return fmt_datetime(row.at)[:10] == fmt_datetime(self.ts)[:10]
+        return False
+
     def update(self, keep_modifier: bool = False, modifier_only: bool = False) -> Step | None:
         if not self.rows:
             return None
         rnd = self.rnd
-        row = rnd.choice(self.rows)
+        if keep_modifier:
+            # Only where the modifier's granularity keeps the value (a TIMESTAMP row written in this
+            # very second, a DATE row written today): an application that does not maintain its
+            # modifier at all is out of scope, no incremental sync can see those changes.
+            recent = [r for r in self.rows if self._same_modifier(r)]
+            if not recent:
+                return None
+            row = rnd.choice(recent)
+        else:
+            row = rnd.choice(self.rows)
+            row.at = self.ts
         sets: dict[str, str] = {}
         if not modifier_only:
             plain = self.plain_cols()
@@ -609,7 +629,8 @@ class TableGen:
                     sets[col.name] = self._value(col)
         if self.modifier:
             if keep_modifier:
-                sets[self.modifier] = q(self.modifier)  # assigned explicitly: ON UPDATE does not fire
+                # Assigned explicitly (ON UPDATE does not fire); equal to what the server would set.
+                sets[self.modifier] = q(self.modifier)
             else:
                 mod = self.modifier_value()
                 sets[self.modifier] = mod if mod is not None else "CURRENT_TIMESTAMP"
@@ -652,6 +673,7 @@ class TableGen:
                 f"UPDATE {t} SET {c} = {a.uniq[col.name]}{mod} WHERE {where_sql(a.key)}",
             ]
             a.uniq[col.name], b.uniq[col.name] = b.uniq[col.name], a.uniq[col.name]
+            a.at = b.at = self.ts
             return self.step("sql", statements=statements, uses=frozenset({col.name}), note="swap unique values in one transaction")
         return None
 
@@ -769,10 +791,9 @@ class TableGen:
         if first:
             steps.append(self.insert(rnd.randint(0, 40)))
         for _ in range(rnd.randint(0, 5)):
-            self.tick()
             options = ["insert", "insert", "update", "update", "modifier_only", "same_second"]
             if "same_modifier_update" in f:
-                options.append("keep")
+                options += ["keep", "keep"]
             if "deletes" in f:
                 options += ["delete", "reinsert"]
                 if "older_modifier" in f and self.modifier:
@@ -782,6 +803,8 @@ class TableGen:
             if "schema_changes" in f:
                 options += ["schema", "schema"]
             action = rnd.choice(options)
+            if action not in {"keep", "same_second"} or "same_modifier_update" not in f:
+                self.tick()  # else in the second of the previous step (maybe before the last sync)
             new: list[Step | None] = []
             if action == "insert":
                 burst = rnd.random() < 0.1
@@ -801,7 +824,8 @@ class TableGen:
                     new.append(self.update())
                     self.tick(same_second=same)
             elif action in {"delete", "reinsert", "older"}:
-                older = rnd.choice([5, 400, 90_000]) if action == "older" else 0
+                far = [400, 90_000] if "older_than_lookback" in f else []
+                older = rnd.choice([5, 30, *far]) if action == "older" else 0
                 new += self.delete(reinsert=action != "delete", older=older)
             elif action == "swap":
                 new.append(self.swap_unique())
@@ -822,8 +846,10 @@ def generate(seed: int, features: frozenset[str] | None = None) -> Case:
     for number in range(rnd.randint(2, 5)):
         steps: list[Step] = []
         for gen in gens:
-            if number:
-                gen.ts += rnd.choice([1, 20, 200, 1000, 90_000]) if not ("date" == gen.mod_kind) else 90_000
+            if number:  # the time between two syncs (none: a sync within the second of the last change)
+                same = "same_modifier_update" in features
+                gaps = ([0, 3600] if same else []) + [90_000] if gen.mod_kind == "date" else ([0] if same else []) + [1, 20, 200, 1000, 90_000]
+                gen.ts += rnd.choice(gaps)
             steps += gen.cycle_steps(first=number == 0)
         cycles.append(steps)
     mode = "file_staging" if "file_staging" in features and rnd.random() < 0.3 else "direct"
