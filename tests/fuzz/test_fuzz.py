@@ -90,6 +90,8 @@ def test_oracle_sees_a_changed_value_of_every_type(fuzz_pair: FuzzPair, tmp_path
             case.cycles = case.cycles[:1]
             outcome = run_case(fuzz_pair, tmp_path, case, keep=True)
             src_db, tgt_db = outcome.databases
+            source.select_db(src_db)
+            target.select_db(tgt_db)
             try:
                 assert outcome.invalid is None and not outcome.findings, (outcome.invalid, outcome.findings)
                 for table in case.tables:
