@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fuzz_case import FEATURES, generate
-from fuzz_run import FuzzPair, compare_table, fuzz_session, quiet_daemon_logs, run_case
+from fuzz_case import FEATURES, Case, generate
+from fuzz_run import Finding, FuzzPair, Shrinker, compare_table, fuzz_session, quiet_daemon_logs, reproduction, run_case
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -136,3 +137,30 @@ def tamper(kind: str) -> str:
     return {"geometry": "ST_GeomFromText('POINT(9 9)')", "date": "'2001-02-03'", "datetime": "'2001-02-03'",
             "timestamp": "'2001-02-03'", "time": "'01:02:03'", "json": "'[]'", "enum": "1", "set": "1",
             "modifier": "'2001-02-03'"}.get(kind, "1")
+
+
+def test_shrinker_keeps_only_what_the_divergence_needs(tmp_path: Path) -> None:
+    """With a stand-in for the run (diverges while one marked update remains), the shrinker ends at
+    that table, that one step, the key and modifier plus the column the step writes."""
+
+    class Marked(Shrinker):
+        def _reproduces(self, case: Case, table: str, kind: str) -> Finding | None:
+            self.runs += 1
+            for number, steps in enumerate(case.cycles):
+                for step in steps:
+                    if (step.table, step.ts, step.where) == (table, chosen.ts, chosen.where) and marked in step.sets:
+                        return Finding(table, number, kind, "marked update present")
+            return None
+
+    case = next(c for c in map(generate, range(100)) if len(c.tables) > 1 and len(c.cycles) > 2
+                and any(s.kind == "update" and len(s.sets) > 1 for s in c.cycles[-1]))
+    step = chosen = next(s for s in case.cycles[-1] if s.kind == "update" and len(s.sets) > 1)
+    marked = next(iter(step.sets))
+    finding = Finding(step.table, len(case.cycles) - 1, "divergence", "stand-in")
+    shrunk, found = Marked(None, tmp_path, budget_seconds=60, log=lambda _text: None).shrink(case, finding)  # type: ignore[arg-type]
+    assert found.table == step.table
+    assert [t.name for t in shrunk.tables] == [step.table]
+    assert [s for c in shrunk.cycles for s in c] == [replace(step, sets={k: v for k, v in step.sets.items() if k == marked or k in {"modified_at", "updated_at", "mod_date", "change_no"}})]
+    table = shrunk.tables[0]
+    assert {c.name for c in table.cols} <= {*table.key, marked, table.entry.get("modifier")}
+    assert "modified_at" not in reproduction(shrunk, found) or table.entry.get("modifier") == "modified_at"
