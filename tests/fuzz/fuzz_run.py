@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import pprint
+import re
 import threading
 import time
 import uuid
@@ -478,7 +479,8 @@ class SessionReport:
 
 
 def _loud_key(message: str) -> str:
-    return message.splitlines()[0][:160]
+    """The first line of a failure message without table and column names: one bucket per kind."""
+    return re.sub(r"(table|column|key)( '[^']*'| `[^`]*`)", r"\1 …", message.splitlines()[0])[:160]
 
 
 def fuzz_session(pair: FuzzPair, workdir: Path, seeds: Iterable[int], features: frozenset[str], deadline: float | None = None,
