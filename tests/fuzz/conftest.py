@@ -1,15 +1,9 @@
-"""The fuzzer's own server pair; its modules importable by name."""
+"""The fuzzer's own server pair (its modules are on sys.path through tests/conftest.py)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fuzz_run import FuzzPair  # noqa: E402
+from fuzz_run import FuzzPair
 
 
 @pytest.fixture(scope="session")
