@@ -470,11 +470,15 @@ class TableGen:
         for col in rnd.sample(indexable, k=min(2, len(indexable))):
             if rnd.random() < 0.4:
                 indexes.append(self._index_on(col))
+        sources: list[Col] = []
         if "generated_columns" in f and rnd.random() < 0.5:
             # Only types whose text depends on no session setting (a TIMESTAMP's on the time zone,
             # a CHAR's on sql_mode): the server refuses the others in a generated column.
             sources = [c for c in self.plain_cols() if c.kind in {"int", "decimal", "date", "datetime", "year", "double"}]
-            source = rnd.choice(sources or [self.cols[0]])
+            if "AUTO_INCREMENT" not in self.cols[0].params.get("extra", ""):  # not allowed under one either
+                sources = sources or [self.cols[0]]
+        if "generated_columns" in f and sources:
+            source = rnd.choice(sources)
             style = rnd.choice(["VIRTUAL", "STORED"])
             self.cols.append(Col(self._next_col_name(), "generated", f"BIGINT AS (CRC32({q(source.name)})) {style}",
                                  reads=(source.name,)))
