@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-external unit lint bench deps tools clean
+.PHONY: demo test test-external unit lint bench deps tools clean fuzz
 
 $(STAMP): source/requirements.txt requirements-dev.txt
 	@command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || \
@@ -36,6 +36,13 @@ test: $(STAMP) tools
 test-external: $(STAMP)
 	@[ -n "$(TEST_SOURCE_URL)" ] && [ -n "$(TEST_TARGET_URL)" ] || { echo "set TEST_SOURCE_URL and TEST_TARGET_URL"; exit 2; }
 	TEST_SOURCE_URL="$(TEST_SOURCE_URL)" TEST_TARGET_URL="$(TEST_TARGET_URL)" $(PY) -m pytest tests/integration -q -p no:cacheprovider -rs $(PYTEST_ARGS)
+
+## Differential fuzzer with fresh random seeds (issue 11): FUZZ_MINUTES (10), FUZZ_SEED (first seed),
+## FUZZ_EXCLUDE (comma-separated feature names). Prints each divergence's minimal reproduction.
+FUZZ_MINUTES ?= 10
+fuzz: $(STAMP)
+	FUZZ_MINUTES=$(FUZZ_MINUTES) FUZZ_SEED=$(FUZZ_SEED) FUZZ_EXCLUDE=$(FUZZ_EXCLUDE) \
+	  $(PY) -m pytest tests/fuzz/test_fuzz.py -k fresh_seeds -s -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "source"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # shared helpers of the integration tests
+sys.path.append(str(ROOT / "tests" / "fuzz"))  # the fuzzer's modules (appended: its conftest must not shadow this one)
 
 from external_server import SKIP_REASON, ExternalServer  # noqa: E402
 from mariadb_server import MariaDBServer, init_template  # noqa: E402
