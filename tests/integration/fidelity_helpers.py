@@ -9,7 +9,8 @@ epoch for TIMESTAMP, so the servers' different time zones do not matter).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +46,11 @@ class SyncRun:
         return next(r for r in self.results if r.table == table)
 
 
-def run_sync(env: SyncEnv, tables: Sequence[dict[str, Any]], target: MariaDBServer | None = None, **overrides: Any) -> SyncRun:
-    """One cycle over ``tables`` (tables.json entries) with the environment of ``env`` plus ``overrides``.
+@contextmanager
+def kept_syncer(
+    env: SyncEnv, tables: Sequence[dict[str, Any]], target: MariaDBServer | None = None, **overrides: Any
+) -> Iterator[tuple[TableSyncer, tuple[Any, ...], SyncStatus]]:
+    """A prepared TableSyncer for ``tables`` (kept across cycles: its in-memory state matters), disposed afterwards.
 
     ``target`` replaces the fixture's target server (same database name, created when missing).
     """
@@ -62,9 +66,18 @@ def run_sync(env: SyncEnv, tables: Sequence[dict[str, Any]], target: MariaDBServ
     try:
         syncer = TableSyncer(engines, settings, status, threading.Event())
         syncer.prepare()
-        return SyncRun(syncer.run_cycle(specs), status)
+        yield syncer, specs, status
     finally:
         engines.dispose()
+
+
+def run_sync(env: SyncEnv, tables: Sequence[dict[str, Any]], target: MariaDBServer | None = None, **overrides: Any) -> SyncRun:
+    """One cycle over ``tables`` (tables.json entries) with the environment of ``env`` plus ``overrides``.
+
+    ``target`` replaces the fixture's target server (same database name, created when missing).
+    """
+    with kept_syncer(env, tables, target, **overrides) as (syncer, specs, status):
+        return SyncRun(syncer.run_cycle(specs), status)
 
 
 def column_types(server: MariaDBServer, database: str, table: str) -> list[tuple[Any, ...]]:

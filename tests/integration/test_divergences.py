@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from fidelity_helpers import run_sync
+from fidelity_helpers import kept_syncer, run_sync
 
 import config
 from conftest import SyncEnv
 from database import create_engines
-from monitoring import SyncStatus
-from pipeline_management import TableResult, TableSyncer
+from pipeline_management import TableResult
 from table_checks import assert_identical
 from verification import run_verify
 
@@ -39,22 +36,6 @@ def _ok(env: SyncEnv, tables: list[dict[str, Any]], **overrides: Any) -> dict[st
     for result in results.values():
         assert result.ok, result.error
     return results
-
-
-@contextmanager
-def _syncer(env: SyncEnv, tables: list[dict[str, Any]], **overrides: Any) -> Iterator[tuple[TableSyncer, Any]]:
-    """One TableSyncer kept across cycles (its in-memory state matters), disposed afterwards."""
-    settings = config.load_settings(env.environ(**overrides), dotenv_path=None)
-    specs = config.parse_tables(tables, env.write_tables(tables))
-    engines = create_engines(settings)
-    status = SyncStatus()
-    status.register_tables(specs)
-    try:
-        syncer = TableSyncer(engines, settings, status, threading.Event())
-        syncer.prepare()
-        yield syncer, specs
-    finally:
-        engines.dispose()
 
 
 def _same(env: SyncEnv, *tables: str) -> None:
@@ -222,7 +203,7 @@ def test_a_row_reinserted_with_an_older_modifier_is_corrected_and_the_window_set
     env.src("CREATE TABLE items (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, updated_at DATETIME NOT NULL, KEY (updated_at));"
             "INSERT INTO items SELECT seq, 'v', '2024-01-01' + INTERVAL seq MINUTE FROM seq_1_to_20")
     tables = [{"table": "items", "primary_key": "id", "modifier": "updated_at"}]
-    with _syncer(env, tables) as (syncer, specs):
+    with kept_syncer(env, tables) as (syncer, specs, _status):
         assert all(r.ok for r in syncer.run_cycle(specs))
         # Row 20 (the newest) is deleted and inserted again with an old modifier value.
         env.src("DELETE FROM items WHERE id = 20; INSERT INTO items VALUES (20, 'again', '2023-06-01')")
