@@ -298,6 +298,14 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
     if not table_exists(target, table):
         create_table_like_source(target, source_def, source=source)
         logger.info("SCHEMA_SYNC - CREATE - created target table %s from the source definition", table)
+        dependent = time_zone_dependent_generated_columns(source_def)
+        if dependent:
+            logger.warning(
+                "SCHEMA_SYNC - GENERATED - %s: generated column(s) %s are computed from a TIMESTAMP column, whose "
+                "value in an expression depends on the writing session's time zone; the target computes them in "
+                "UTC, so they may differ from the source's",
+                table, ", ".join(dependent),
+            )  # fmt: skip
         changes.created = True
         return source_def, changes
     check_target_engine(target, table)
@@ -368,6 +376,24 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
         changes.dropped_unique_keys = drops
         logger.info("SCHEMA_SYNC - UNIQUE_KEYS - %s: dropped unique key(s) %s the source no longer has", table, drops)
     return source_def, changes
+
+
+def time_zone_dependent_generated_columns(source_def: TableDefinition) -> list[str]:
+    """Generated columns whose expression reads a TIMESTAMP column.
+
+    A TIMESTAMP is converted to the session's time zone when an expression reads it, so such a
+    column's stored or computed value depends on who wrote the row; the target's sessions run in
+    UTC and cannot reproduce the source sessions' zones.
+    """
+    timestamps = [c.name for c in source_def.columns if c.data_type == "timestamp"]
+    if not timestamps:
+        return []
+    found: list[str] = []
+    for col in source_def.columns:
+        definition = source_def.definitions.get(col.name, "")
+        if col.generated and any(q(name) in definition for name in timestamps):
+            found.append(col.name)
+    return found
 
 
 def add_unique_keys(target: Connection, table: str, clauses: list[str]) -> bool:

@@ -13,6 +13,7 @@ from schema_management import (
     normalized_type,
     same_type,
     target_create_sql,
+    time_zone_dependent_generated_columns,
 )
 
 
@@ -210,3 +211,18 @@ def test_same_type_sees_a_collation_change() -> None:
 def test_loaded_columns_leave_out_generated_ones() -> None:
     table = TableDefinition("t", [c("int"), Column("g", "int", "int(11)", True, None, None, generated=True)], "")
     assert [col.name for col in table.loaded_columns] == ["x"]
+
+
+def test_generated_columns_over_a_timestamp_are_named() -> None:
+    ddl = (
+        "CREATE TABLE `g` (\n  `id` int(11) NOT NULL,\n  `ts` timestamp(3) NULL DEFAULT NULL,\n"
+        "  `c` bigint(20) GENERATED ALWAYS AS (crc32(`ts`)) STORED,\n  `d` int(11) GENERATED ALWAYS AS (`id` * 2) VIRTUAL,\n"
+        "  PRIMARY KEY (`id`)\n) ENGINE=InnoDB"
+    )
+    columns = [
+        Column("id", "int", "int(11)", False, None, None),
+        Column("ts", "timestamp", "timestamp(3)", True, None, None),
+        Column("c", "bigint", "bigint(20)", True, None, None, generated=True),
+        Column("d", "int", "int(11)", True, None, None, generated=True),
+    ]
+    assert time_zone_dependent_generated_columns(TableDefinition("g", columns, ddl, column_definitions(ddl))) == ["c"]
