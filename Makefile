@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-external unit lint bench deps tools clean fuzz
 
-$(STAMP): source/requirements.txt requirements-dev.txt
+$(STAMP): source/requirements.txt requirements-dev.txt pyproject.toml
 	@command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || \
 	  { echo "installing mariadb-server (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server mariadb-client >/dev/null; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
 deps: $(STAMP)

@@ -21,12 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "source"))
 
-from config import TableSpec, load_settings, load_tables  # noqa: E402
-from database import create_engines  # noqa: E402
 from db_pipeline import run_cycle  # noqa: E402
-from monitoring import SyncStatus  # noqa: E402
-from pipeline_management import TableResult, TableSyncer  # noqa: E402
-from utils import setup_logging  # noqa: E402
+from dlt_db_sync.config.settings import TableSpec, load_settings, load_tables  # noqa: E402
+from dlt_db_sync.database.engines import create_engines  # noqa: E402
+from dlt_db_sync.monitoring.status import SyncStatus  # noqa: E402
+from dlt_db_sync.pipeline_management.syncer import TableResult, TableSyncer  # noqa: E402
+from dlt_db_sync.utils.logging_setup import setup_logging  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -69,8 +69,15 @@ def main() -> int:
                 "seconds": seconds,
                 "maxrss_mb": peak_rss_mb(),
                 "tables": {
-                    r.table: {"ok": r.ok, "rows": r.rows, "seconds": r.seconds, "skipped": r.skipped,
-                              "mode": r.mode, "backend": r.backend, "error": r.error}
+                    r.table: {
+                        "ok": r.ok,
+                        "rows": r.rows,
+                        "seconds": r.seconds,
+                        "skipped": r.skipped,
+                        "mode": r.mode,
+                        "backend": r.backend,
+                        "error": r.error,
+                    }
                     for r in syncer.last
                 },
             }

@@ -92,16 +92,25 @@ def prepare_databases(source: MariaDBServer, target: MariaDBServer, least_privil
         return {"SOURCE_DB_USER": "root", "SOURCE_DB_PASS": "", "TARGET_DB_USER": "root", "TARGET_DB_PASS": ""}
     grants = (ROOT / "demo" / "grants.sql").read_text(encoding="utf-8")
     reader_pass, writer_pass = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    source.execute("SET @source_db = %s, @reader_user = 'dlt_reader', @reader_pass = %s;" + grants.replace("%", "%%"),
-                   args=(SOURCE_DB, reader_pass))
-    target.execute("SET @target_db = %s, @writer_user = 'dlt_writer', @writer_pass = %s;" + grants.replace("%", "%%"),
-                   args=(TARGET_DB, writer_pass))
-    return {"SOURCE_DB_USER": "dlt_reader", "SOURCE_DB_PASS": reader_pass,
-            "TARGET_DB_USER": "dlt_writer", "TARGET_DB_PASS": writer_pass}
+    source.execute(
+        "SET @source_db = %s, @reader_user = 'dlt_reader', @reader_pass = %s;" + grants.replace("%", "%%"),
+        args=(SOURCE_DB, reader_pass),
+    )
+    target.execute(
+        "SET @target_db = %s, @writer_user = 'dlt_writer', @writer_pass = %s;" + grants.replace("%", "%%"),
+        args=(TARGET_DB, writer_pass),
+    )
+    return {
+        "SOURCE_DB_USER": "dlt_reader",
+        "SOURCE_DB_PASS": reader_pass,
+        "TARGET_DB_USER": "dlt_writer",
+        "TARGET_DB_PASS": writer_pass,
+    }
 
 
-def daemon_environment(source: MariaDBServer, target: MariaDBServer, credentials: dict[str, str],
-                       run_dir: Path, once: bool) -> dict[str, str]:
+def daemon_environment(
+    source: MariaDBServer, target: MariaDBServer, credentials: dict[str, str], run_dir: Path, once: bool
+) -> dict[str, str]:
     """The daemon's environment: the caller's, with the demo databases and paths forced."""
     env = dict(os.environ)
     env.setdefault("INTERVAL", "30")
@@ -109,12 +118,18 @@ def daemon_environment(source: MariaDBServer, target: MariaDBServer, credentials
     env.setdefault("HEALTH_HOST", "127.0.0.1")  # a demo need not listen on every interface
     env.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     env.update(credentials)
-    env.update({
-        "SOURCE_DB_HOST": source.host, "SOURCE_DB_PORT": str(source.port), "SOURCE_DB_NAME": SOURCE_DB,
-        "TARGET_DB_HOST": target.host, "TARGET_DB_PORT": str(target.port), "TARGET_DB_NAME": TARGET_DB,
-        "TABLES_FILE": str(DEMO_DIR / "tables.json"),
-        "FILE_STAGING_DIR": str(run_dir / "staging"),
-    })
+    env.update(
+        {
+            "SOURCE_DB_HOST": source.host,
+            "SOURCE_DB_PORT": str(source.port),
+            "SOURCE_DB_NAME": SOURCE_DB,
+            "TARGET_DB_HOST": target.host,
+            "TARGET_DB_PORT": str(target.port),
+            "TARGET_DB_NAME": TARGET_DB,
+            "TABLES_FILE": str(DEMO_DIR / "tables.json"),
+            "FILE_STAGING_DIR": str(run_dir / "staging"),
+        }
+    )
     return env
 
 
@@ -166,8 +181,10 @@ def run(once: bool, least_privilege: bool, stop: StopRequest) -> int:
         source, target = servers
         credentials = prepare_databases(source, target, least_privilege)
         env = daemon_environment(source, target, credentials, run_dir, once)
-        print(f"demo: source {SOURCE_DB} on 127.0.0.1:{source.port}, target {TARGET_DB} on 127.0.0.1:{target.port}"
-              f" (e.g. mariadb -h127.0.0.1 -P{target.port} -uroot {TARGET_DB})")
+        print(
+            f"demo: source {SOURCE_DB} on 127.0.0.1:{source.port}, target {TARGET_DB} on 127.0.0.1:{target.port}"
+            f" (e.g. mariadb -h127.0.0.1 -P{target.port} -uroot {TARGET_DB})"
+        )
         if not once and env["HEALTH_PORT"] != "0":
             url = f"http://localhost:{env['HEALTH_PORT']}"
             print(f"demo: health  curl -s {url}/ | python3 -m json.tool\ndemo: metrics curl -s {url}/metrics")
@@ -197,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the demo."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="run one sync cycle, then stop everything")
-    parser.add_argument("--least-privilege", action="store_true",
-                        help="create the users of demo/grants.sql and let the daemon use them instead of root")
+    parser.add_argument(
+        "--least-privilege",
+        action="store_true",
+        help="create the users of demo/grants.sql and let the daemon use them instead of root",
+    )
     args = parser.parse_args(argv)
     stop = StopRequest()
     stop.install()

@@ -123,7 +123,12 @@ class Driver:
         self.log = log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, str(BENCH / "bench_driver.py")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True, cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+            text=True,
+            cwd=ROOT,
         )
         self.poller = RssPoller(self.proc.pid)
         started = time.monotonic()
@@ -223,15 +228,25 @@ class Bench:
     def base_env(self, target_db: str, source_db: str = SOURCE_DB, **overrides: str) -> dict[str, str]:
         assert self.source is not None and self.target is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCE_DB_", "TARGET_DB_"))}
-        env.update({
-            "SOURCE_DB_HOST": self.source.host, "SOURCE_DB_PORT": str(self.source.port),
-            "SOURCE_DB_NAME": source_db, "SOURCE_DB_USER": "root", "SOURCE_DB_PASS": "",
-            "TARGET_DB_HOST": self.target.host, "TARGET_DB_PORT": str(self.target.port),
-            "TARGET_DB_NAME": target_db, "TARGET_DB_USER": "root", "TARGET_DB_PASS": "",
-            "FILE_STAGING_DIR": str(self.workdir / f"staging_{target_db}"),
-            "HEALTH_PORT": "0", "LOG_LEVEL": "INFO",
-            "DLT_TELEMETRY": "false", "RUNTIME__DLTHUB_TELEMETRY": "false",
-        })
+        env.update(
+            {
+                "SOURCE_DB_HOST": self.source.host,
+                "SOURCE_DB_PORT": str(self.source.port),
+                "SOURCE_DB_NAME": source_db,
+                "SOURCE_DB_USER": "root",
+                "SOURCE_DB_PASS": "",
+                "TARGET_DB_HOST": self.target.host,
+                "TARGET_DB_PORT": str(self.target.port),
+                "TARGET_DB_NAME": target_db,
+                "TARGET_DB_USER": "root",
+                "TARGET_DB_PASS": "",
+                "FILE_STAGING_DIR": str(self.workdir / f"staging_{target_db}"),
+                "HEALTH_PORT": "0",
+                "LOG_LEVEL": "INFO",
+                "DLT_TELEMETRY": "false",
+                "RUNTIME__DLTHUB_TELEMETRY": "false",
+            }
+        )
         if self.args.chunk_size:
             env["CHUNK_SIZE"] = str(self.args.chunk_size)
         env.update(overrides)
@@ -257,7 +272,9 @@ class Bench:
         self.source.execute(ORDERS_DATA.format(rows=self.rows), SOURCE_DB)
         for n in range(1, SMALL_TABLES + 1):
             self.source.execute(SMALL_DDL.format(n=n), SOURCE_DB)
-        self.say(f"generated orders ({self.rows:,} rows) and {SMALL_TABLES} small tables in {time.monotonic() - started:.1f}s")
+        self.say(
+            f"generated orders ({self.rows:,} rows) and {SMALL_TABLES} small tables in {time.monotonic() - started:.1f}s"
+        )
 
     def identical(self, target_db: str, table: str = "orders", source_db: str = SOURCE_DB) -> bool:
         assert self.source is not None and self.target is not None
@@ -265,8 +282,14 @@ class Bench:
 
     # ------------------------------------------------------------------ scenarios
     def client(self, server: MariaDBServer, *extra: str) -> list[str]:
-        return ["mariadb", f"--host={server.host}", f"--port={server.port}", "--user=root",
-                "--default-character-set=utf8mb4", *extra]
+        return [
+            "mariadb",
+            f"--host={server.host}",
+            f"--port={server.port}",
+            "--user=root",
+            "--default-character-set=utf8mb4",
+            *extra,
+        ]
 
     def raw_pipe(self) -> None:
         assert self.source is not None and self.target is not None
@@ -276,17 +299,32 @@ class Bench:
         tsv = self.workdir / "orders.tsv"
         started = time.monotonic()
         with tsv.open("wb") as out:
-            subprocess.run(self.client(self.source, "--batch", "--quick", "--skip-column-names", SOURCE_DB,
-                                       "-e", "SELECT * FROM orders"), stdout=out, check=True)
+            subprocess.run(
+                self.client(
+                    self.source, "--batch", "--quick", "--skip-column-names", SOURCE_DB, "-e", "SELECT * FROM orders"
+                ),
+                stdout=out,
+                check=True,
+            )
         extracted = time.monotonic()
-        subprocess.run(self.client(self.target, "--local-infile=1", "raw_pipe", "-e",
-                                   f"LOAD DATA LOCAL INFILE '{tsv}' INTO TABLE orders CHARACTER SET utf8mb4"), check=True)
+        subprocess.run(
+            self.client(
+                self.target,
+                "--local-infile=1",
+                "raw_pipe",
+                "-e",
+                f"LOAD DATA LOCAL INFILE '{tsv}' INTO TABLE orders CHARACTER SET utf8mb4",
+            ),
+            check=True,
+        )
         loaded = time.monotonic()
         size_mb = tsv.stat().st_size / 1e6
         tsv.unlink()
         ok = self.identical("raw_pipe")
         self.results["raw"] = Measurement(
-            "raw pipe (mariadb --batch > TSV; LOAD DATA LOCAL INFILE)", self.rows, loaded - started,
+            "raw pipe (mariadb --batch > TSV; LOAD DATA LOCAL INFILE)",
+            self.rows,
+            loaded - started,
             notes=f"extract {extracted - started:.1f}s + load {loaded - extracted:.1f}s, TSV {size_mb:.0f} MB"
             + ("" if ok else "; COPY DIFFERS"),
         )
@@ -299,41 +337,71 @@ class Bench:
         env = self.base_env("plain_dlt")
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, str(BENCH / "plain_dlt.py"), source_url, target_url, "orders", "plain_dlt",
-             str(self.workdir / "plain_dlt_pipelines")],
-            env=env, capture_output=True, text=True, cwd=self.workdir, check=False,
+            [
+                sys.executable,
+                str(BENCH / "plain_dlt.py"),
+                source_url,
+                target_url,
+                "orders",
+                "plain_dlt",
+                str(self.workdir / "plain_dlt_pipelines"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=self.workdir,
+            check=False,
         )
         wall = time.monotonic() - started
         if proc.returncode != 0:
             raise RuntimeError(f"plain dlt failed: {proc.stderr[-3000:]}")
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         self.results["dlt"] = Measurement(
-            "plain dlt (sql_table -> sqlalchemy, defaults, replace)", report["rows"], report["seconds"],
-            peak_rss_mb=report["maxrss_mb"], notes=f"process wall time {wall:.1f}s",
+            "plain dlt (sql_table -> sqlalchemy, defaults, replace)",
+            report["rows"],
+            report["seconds"],
+            peak_rss_mb=report["maxrss_mb"],
+            notes=f"process wall time {wall:.1f}s",
         )
         self.say(f"plain dlt: {report['seconds']:.1f}s, {report['rows']:,} rows")
 
     def extraction(self) -> None:
         """connectorx vs pyarrow (speed and exactness), own Parquet writer vs a dlt filesystem pipeline."""
         smalls = [f"small_{n:02d}" for n in range(1, 4)]
-        proc = subprocess.run([sys.executable, str(BENCH / "extract_bench.py"), "orders", *smalls],
-                              env=self.base_env("unused"), capture_output=True, text=True, cwd=self.workdir, check=False)
+        proc = subprocess.run(
+            [sys.executable, str(BENCH / "extract_bench.py"), "orders", *smalls],
+            env=self.base_env("unused"),
+            capture_output=True,
+            text=True,
+            cwd=self.workdir,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"extract_bench failed: {proc.stderr[-3000:]}")
         self.extract_reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         for r in self.extract_reports:
-            self.say(f"{r['step']}: {r.get('backend') or r.get('writer')} {r.get('table', 'orders')}: {r['seconds']:.2f}s")
+            self.say(
+                f"{r['step']}: {r.get('backend') or r.get('writer')} {r.get('table', 'orders')}: {r['seconds']:.2f}s"
+            )
 
     def full_sync(self, mode: str) -> Driver:
         target_db = f"tgt_{mode}"
-        driver = self.driver(f"full_{mode}", target_db, [{"table": "orders", "primary_key": "id", "modifier": "updated_at"}],
-                             PIPELINE_MODE=mode)
+        driver = self.driver(
+            f"full_{mode}",
+            target_db,
+            [{"table": "orders", "primary_key": "id", "modifier": "updated_at"}],
+            PIPELINE_MODE=mode,
+        )
         report = driver.cycle()
         table = report["tables"]["orders"]
         ok = self.identical(target_db)
         self.results[f"full_{mode}"] = Measurement(
-            f"daemon full initial sync, {mode}", table["rows"], report["seconds"], report["maxrss_mb"],
-            report["polled_rss_mb"], notes=f"backend {table['backend']}; identical: {'yes' if ok else 'NO'}; "
+            f"daemon full initial sync, {mode}",
+            table["rows"],
+            report["seconds"],
+            report["maxrss_mb"],
+            report["polled_rss_mb"],
+            notes=f"backend {table['backend']}; identical: {'yes' if ok else 'NO'}; "
             f"process start before the cycle {driver.startup_seconds:.1f}s (not included)",
             extra={"path": self.load_path(driver)},
         )
@@ -343,19 +411,29 @@ class Bench:
     def chunk_variant(self) -> None:
         """The file_staging full sync again with half the default chunk: memory follows the chunk size."""
         rows = VARIANT_CHUNK_SIZE
-        driver = self.driver("full_chunk_variant", "tgt_chunk_variant",
-                             [{"table": "orders", "primary_key": "id", "modifier": "updated_at"}],
-                             PIPELINE_MODE="file_staging", CHUNK_SIZE=str(rows))
+        driver = self.driver(
+            "full_chunk_variant",
+            "tgt_chunk_variant",
+            [{"table": "orders", "primary_key": "id", "modifier": "updated_at"}],
+            PIPELINE_MODE="file_staging",
+            CHUNK_SIZE=str(rows),
+        )
         try:
             report = driver.cycle()
         finally:
             driver.close()
         table = report["tables"]["orders"]
         self.results["full_chunk_variant"] = Measurement(
-            f"daemon full initial sync, file_staging, CHUNK_SIZE={rows:,}", table["rows"], report["seconds"],
-            report["maxrss_mb"], report["polled_rss_mb"], notes=f"backend {table['backend']}",
+            f"daemon full initial sync, file_staging, CHUNK_SIZE={rows:,}",
+            table["rows"],
+            report["seconds"],
+            report["maxrss_mb"],
+            report["polled_rss_mb"],
+            notes=f"backend {table['backend']}",
         )
-        self.say(f"full sync file_staging CHUNK_SIZE={rows}: {report['seconds']:.1f}s, peak RSS {report['maxrss_mb']:.0f} MB")
+        self.say(
+            f"full sync file_staging CHUNK_SIZE={rows}: {report['seconds']:.1f}s, peak RSS {report['maxrss_mb']:.0f} MB"
+        )
         assert self.target is not None
         self.target.execute("DROP DATABASE tgt_chunk_variant")
 
@@ -378,8 +456,11 @@ class Bench:
         table = report["tables"]["orders"]
         ok = self.identical(f"tgt_{mode}")
         self.results[f"incr_{mode}"] = Measurement(
-            f"daemon incremental cycle after a {UPDATED_ROWS:,}-row UPDATE, {mode}", table["rows"], report["seconds"],
-            report["maxrss_mb"], report["polled_rss_mb"],
+            f"daemon incremental cycle after a {UPDATED_ROWS:,}-row UPDATE, {mode}",
+            table["rows"],
+            report["seconds"],
+            report["maxrss_mb"],
+            report["polled_rss_mb"],
             notes=f"rows in the window incl. lookback: {table['rows']:,}" + ("" if ok else "; TARGET DIFFERS"),
         )
         self.say(f"incremental {mode}: {report['seconds']:.2f}s for {table['rows']:,} rows, identical={ok}")
@@ -405,8 +486,11 @@ class Bench:
         seconds = [r["seconds"] for r in idle]
         moved = sum(t["rows"] for r in idle for t in r["tables"].values())
         self.results["idle"] = Measurement(
-            f"daemon idle cycle, {len(tables)} tables (median of {IDLE_CYCLES})", 0, statistics.median(seconds),
-            max(r["maxrss_mb"] for r in idle), notes=(
+            f"daemon idle cycle, {len(tables)} tables (median of {IDLE_CYCLES})",
+            0,
+            statistics.median(seconds),
+            max(r["maxrss_mb"] for r in idle),
+            notes=(
                 f"cycles {', '.join(f'{s:.2f}s' for s in seconds)}; first cycle of a fresh process (all in sync) "
                 f"{cold['seconds']:.2f}s; initial sync of the small tables {first['seconds']:.2f}s; rows moved {moved}"
             ),
@@ -426,7 +510,9 @@ class Bench:
         for mode in ("file_staging", "direct"):
             target_db = f"tgt_5m_{mode}"
             self.target.execute(f"CREATE DATABASE {target_db} CHARACTER SET utf8mb4")
-            env = self.base_env(target_db, source_db=SOURCE_5M_DB, PIPELINE_MODE=mode, TABLES_FILE=str(tables), PROGRESS="off")
+            env = self.base_env(
+                target_db, source_db=SOURCE_5M_DB, PIPELINE_MODE=mode, TABLES_FILE=str(tables), PROGRESS="off"
+            )
             driver = Driver(env, self.workdir / f"full_5m_{mode}.log")
             try:
                 report = driver.cycle()
@@ -434,8 +520,12 @@ class Bench:
                 driver.close()
             table = report["tables"]["orders"]
             self.results[f"full_5m_{mode}"] = Measurement(
-                f"daemon full initial sync, {mode}, {rows:,} rows", table["rows"], report["seconds"],
-                report["maxrss_mb"], report["polled_rss_mb"], notes=f"backend {table['backend']}",
+                f"daemon full initial sync, {mode}, {rows:,} rows",
+                table["rows"],
+                report["seconds"],
+                report["maxrss_mb"],
+                report["polled_rss_mb"],
+                notes=f"backend {table['backend']}",
             )
             self.say(f"{rows:,} rows full sync {mode}: {report['seconds']:.1f}s, peak RSS {report['maxrss_mb']:.0f} MB")
             self.target.execute(f"DROP DATABASE {target_db}")
@@ -453,8 +543,11 @@ class Bench:
             def full(mode: str) -> Callable[[], None]:
                 return lambda: drivers.__setitem__(mode, self.full_sync(mode))
 
-            steps += [("full_file_staging", full("file_staging")), ("full_direct", full("direct")),
-                      ("chunk_variant", self.chunk_variant)]
+            steps += [
+                ("full_file_staging", full("file_staging")),
+                ("full_direct", full("direct")),
+                ("chunk_variant", self.chunk_variant),
+            ]
             try:
                 for name, step in steps:
                     if self.wanted(name):
@@ -524,7 +617,7 @@ class Bench:
             "- Idle: a daemon over the 51 tables after their initial sync; the first cycle of a fresh process",
             "  (schema checks not cached yet) is shown in the notes.",
             "- Plain dlt: its own process and pipelines directory, `sql_table` (default backend) into the",
-            "  `sqlalchemy` destination, `write_disposition=\"replace\"`; seconds = `pipeline.run`.",
+            '  `sqlalchemy` destination, `write_disposition="replace"`; seconds = `pipeline.run`.',
             "",
             "## Results",
             "",
@@ -540,22 +633,36 @@ class Bench:
             rate = f"{m.rows_per_second:,.0f}" if m.rows else ""
             lines.append(f"| {m.name} | {m.rows:,} | {m.seconds:.2f} | {rate} | {ratio} | {rss} | {m.notes} |")
         if self.extract_reports:
-            lines += ["", "## Extraction backends and the staging writer", "",
-                      "Whole `orders` table through the daemon's exact projection; MD5 over the `LOAD DATA` bytes of every row.",
-                      "", "| step | what | table | rows | seconds | notes |", "|---|---|---|---:|---:|---|"]
+            lines += [
+                "",
+                "## Extraction backends and the staging writer",
+                "",
+                "Whole `orders` table through the daemon's exact projection; MD5 over the `LOAD DATA` bytes of every row.",
+                "",
+                "| step | what | table | rows | seconds | notes |",
+                "|---|---|---|---:|---:|---|",
+            ]
             digests = {r["md5"] for r in self.extract_reports if r["step"] == "extract"}
             for r in self.extract_reports:
                 what = r.get("backend") or r.get("writer")
                 if r["step"] == "extract":
-                    notes = f"md5 {r['md5'][:12]}" + (" (both backends identical)" if len(digests) == 1 else " (BACKENDS DIFFER)")
+                    notes = f"md5 {r['md5'][:12]}" + (
+                        " (both backends identical)" if len(digests) == 1 else " (BACKENDS DIFFER)"
+                    )
                 elif "files" not in r:
                     notes = "fixed cost per run"
                 else:
-                    notes = (f"{r.get('files')} file(s), {r.get('mb', 0):.1f} MB, {r.get('compression')}, "
-                             f"columns {len(r.get('columns', []))} ({', '.join(r.get('types', []))})")
+                    notes = (
+                        f"{r.get('files')} file(s), {r.get('mb', 0):.1f} MB, {r.get('compression')}, "
+                        f"columns {len(r.get('columns', []))} ({', '.join(r.get('types', []))})"
+                    )
                     if r.get("steps"):
-                        notes += f"; dlt steps {r['steps']}; also wrote {len(r.get('other_files', []))} bookkeeping file(s)"
-                lines.append(f"| {r['step']} | {what} | {r.get('table', 'orders')} | {r.get('rows', 0):,} | {r['seconds']:.2f} | {notes} |")
+                        notes += (
+                            f"; dlt steps {r['steps']}; also wrote {len(r.get('other_files', []))} bookkeeping file(s)"
+                        )
+                lines.append(
+                    f"| {r['step']} | {what} | {r.get('table', 'orders')} | {r.get('rows', 0):,} | {r['seconds']:.2f} | {notes} |"
+                )
         lines += ["", "## Targets", ""]
         lines += self.targets()
         lines += ["", "## Run log", "", "```", *self.log_lines, "```", ""]
@@ -578,27 +685,42 @@ class Bench:
             m = r.get(f"full_{mode}")
             if m and raw:
                 ratio = m.rows_per_second / raw.rows_per_second
-                line(f"{mode} full sync >= {factor}x raw pipe rows/s", ratio >= factor,
-                     f"{m.rows_per_second:,.0f} rows/s vs raw {raw.rows_per_second:,.0f} rows/s = {ratio:.2f}x")
+                line(
+                    f"{mode} full sync >= {factor}x raw pipe rows/s",
+                    ratio >= factor,
+                    f"{m.rows_per_second:,.0f} rows/s vs raw {raw.rows_per_second:,.0f} rows/s = {ratio:.2f}x",
+                )
             else:
                 line(f"{mode} full sync >= {factor}x raw pipe rows/s", None, "")
         for mode in ("file_staging", "direct"):
             m = r.get(f"incr_{mode}")
-            line(f"{UPDATED_ROWS:,}-row incremental cycle < 3 s, {mode}", None if m is None else m.seconds < 3,
-                 f"{m.seconds:.2f}s" if m else "")
+            line(
+                f"{UPDATED_ROWS:,}-row incremental cycle < 3 s, {mode}",
+                None if m is None else m.seconds < 3,
+                f"{m.seconds:.2f}s" if m else "",
+            )
         m = r.get("idle")
-        line("idle cycle over 51 tables < 3 s", None if m is None else m.seconds < 3,
-             f"{m.seconds:.2f}s median (fresh process: {m.extra['cold']:.2f}s)" if m else "")
+        line(
+            "idle cycle over 51 tables < 3 s",
+            None if m is None else m.seconds < 3,
+            f"{m.seconds:.2f}s median (fresh process: {m.extra['cold']:.2f}s)" if m else "",
+        )
         for mode in ("file_staging", "direct"):
             one = r.get(f"full_{mode}")
-            line(f"peak RSS < 500 MB at 1x rows, {mode}", None if one is None or one.peak_rss_mb is None else one.peak_rss_mb < 500,
-                 f"{one.peak_rss_mb:.0f} MB" if one and one.peak_rss_mb else "")
+            line(
+                f"peak RSS < 500 MB at 1x rows, {mode}",
+                None if one is None or one.peak_rss_mb is None else one.peak_rss_mb < 500,
+                f"{one.peak_rss_mb:.0f} MB" if one and one.peak_rss_mb else "",
+            )
         for mode in ("file_staging", "direct"):
             one, five = r.get(f"full_{mode}"), r.get(f"full_5m_{mode}")
             if one and five and one.peak_rss_mb and five.peak_rss_mb:
                 ratio = five.peak_rss_mb / one.peak_rss_mb
-                line(f"peak RSS at 5x rows <= 1.2x the 1x figure, {mode}", ratio <= 1.2,
-                     f"{five.peak_rss_mb:.0f} MB vs {one.peak_rss_mb:.0f} MB = {ratio:.2f}x")
+                line(
+                    f"peak RSS at 5x rows <= 1.2x the 1x figure, {mode}",
+                    ratio <= 1.2,
+                    f"{five.peak_rss_mb:.0f} MB vs {one.peak_rss_mb:.0f} MB = {ratio:.2f}x",
+                )
             else:
                 line(f"peak RSS at 5x rows <= 1.2x the 1x figure, {mode}", None, "skipped (--skip-5m)")
         if self.rows != 1_000_000:
@@ -612,7 +734,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-5m", action="store_true", help="skip the 5x-rows peak-RSS scenario")
     parser.add_argument("--skip-dlt", action="store_true", help="skip the plain-dlt baseline (slow)")
     parser.add_argument("--chunk-size", type=int, help="CHUNK_SIZE for the daemon (default: the daemon's default)")
-    parser.add_argument("--only", nargs="*", help="run only these steps: raw full_file_staging full_direct chunk_variant incremental idle extract dlt 5m")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="run only these steps: raw full_file_staging full_direct chunk_variant incremental idle extract dlt 5m",
+    )
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md", help="where to write the results")
     parser.add_argument("--workdir", type=Path, default=None, help="parent directory for servers and files")
     parser.add_argument("--keep", action="store_true", help="keep servers' data directories and logs")

@@ -56,8 +56,9 @@ def timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, fl
 
 def heaviest_imports(command: list[str], env: dict[str, str], cwd: Path, top: int = 5) -> list[tuple[str, float]]:
     """The ``top`` top-level imports by cumulative time (seconds) under ``-X importtime``."""
-    result = subprocess.run([command[0], "-X", "importtime", *command[1:]], env=env, cwd=cwd, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [command[0], "-X", "importtime", *command[1:]], env=env, cwd=cwd, capture_output=True, text=True
+    )
     found: list[tuple[str, float]] = []
     for line in result.stderr.splitlines():
         match = IMPORT_LINE.match(line)
@@ -68,8 +69,11 @@ def heaviest_imports(command: list[str], env: dict[str, str], cwd: Path, top: in
 
 def measure(source: Path, env: dict[str, str], runs: int, workdir: Path) -> dict[str, object]:
     script = str(source / "db_pipeline.py")
-    commands = {"--help": [sys.executable, script, "--help"], "--version": [sys.executable, script, "--version"],
-                "idle --once": [sys.executable, script, "--once"]}
+    commands = {
+        "--help": [sys.executable, script, "--help"],
+        "--version": [sys.executable, script, "--version"],
+        "idle --once": [sys.executable, script, "--once"],
+    }
     if "--version" not in (source / "db_pipeline.py").read_text():
         del commands["--version"]
     timed(commands["idle --once"], env, workdir)  # the first run syncs the table; later runs find it unchanged
@@ -77,8 +81,12 @@ def measure(source: Path, env: dict[str, str], runs: int, workdir: Path) -> dict
     for name, command in commands.items():
         samples = [timed(command, env, workdir) for _ in range(runs)]
         walls, cpus = [w for w, _ in samples], [c for _, c in samples]
-        figures[name] = {"best": min(walls), "median": statistics.median(walls), "cpu": statistics.median(cpus),
-                         "imports": heaviest_imports(command, env, workdir)}
+        figures[name] = {
+            "best": min(walls),
+            "median": statistics.median(walls),
+            "cpu": statistics.median(cpus),
+            "imports": heaviest_imports(command, env, workdir),
+        }
     return figures
 
 
@@ -125,16 +133,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = MariaDBServer(work, init_template(work), "bench").start()
         server.execute("CREATE DATABASE src; CREATE DATABASE tgt")
-        server.execute("CREATE TABLE items (id INT PRIMARY KEY, v VARCHAR(40), updated_at DATETIME(6) NOT NULL, "
-                       "KEY (updated_at)); INSERT INTO items SELECT seq, CONCAT('v', seq), '2024-01-01' "
-                       "FROM seq_1_to_1000", "src")
+        server.execute(
+            "CREATE TABLE items (id INT PRIMARY KEY, v VARCHAR(40), updated_at DATETIME(6) NOT NULL, "
+            "KEY (updated_at)); INSERT INTO items SELECT seq, CONCAT('v', seq), '2024-01-01' "
+            "FROM seq_1_to_1000",
+            "src",
+        )
         tables = work / "tables.json"
         tables.write_text(json.dumps([{"table": "items", "primary_key": "id", "modifier": "updated_at"}]))
-        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "RUNTIME__DLTHUB_TELEMETRY": "false",
-               "SOURCE_DB_HOST": server.host, "SOURCE_DB_PORT": str(server.port), "SOURCE_DB_NAME": "src",
-               "SOURCE_DB_USER": "root", "TARGET_DB_HOST": server.host, "TARGET_DB_PORT": str(server.port),
-               "TARGET_DB_NAME": "tgt", "TARGET_DB_USER": "root", "TABLES_FILE": str(tables), "HEALTH_PORT": "0",
-               "FILE_STAGING_DIR": str(work / "staging")}
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "RUNTIME__DLTHUB_TELEMETRY": "false",
+            "SOURCE_DB_HOST": server.host,
+            "SOURCE_DB_PORT": str(server.port),
+            "SOURCE_DB_NAME": "src",
+            "SOURCE_DB_USER": "root",
+            "TARGET_DB_HOST": server.host,
+            "TARGET_DB_PORT": str(server.port),
+            "TARGET_DB_NAME": "tgt",
+            "TARGET_DB_USER": "root",
+            "TABLES_FILE": str(tables),
+            "HEALTH_PORT": "0",
+            "FILE_STAGING_DIR": str(work / "staging"),
+        }
         baseline_source = export_source(args.baseline_ref, work / "baseline")
         current = measure(ROOT / "source", env, args.runs, work)
         server.execute("DROP DATABASE tgt; CREATE DATABASE tgt")

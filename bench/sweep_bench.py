@@ -48,10 +48,10 @@ class Rig:
     """Settings, engines, status and a TableSyncer on the two bench servers."""
 
     def __init__(self, source: MariaDBServer, target: MariaDBServer, rate: float | None) -> None:
-        from config import TableSpec, load_settings
-        from database import create_engines
-        from monitoring import SyncStatus
-        from pipeline_management import TableSyncer
+        from dlt_db_sync.config.settings import TableSpec, load_settings
+        from dlt_db_sync.database.engines import create_engines
+        from dlt_db_sync.monitoring.status import SyncStatus
+        from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
         env = environ(source, target)
         env["LOOKBACK_SECONDS"] = "0"  # each cycle reads its own 10,000 rows, not the previous cycles' too
@@ -66,7 +66,7 @@ class Rig:
         self.syncer.prepare()
 
     def sweep(self, stop: threading.Event) -> Any:
-        from verification_sweep import VerificationSweep
+        from dlt_db_sync.verification.sweep import VerificationSweep
 
         return VerificationSweep(self.engines, self.settings, [self.spec], stop, self.status)
 
@@ -95,8 +95,10 @@ def full_pass(rig: Rig, timeout: float) -> tuple[float, int]:
 
 def incremental_cycle(rig: Rig, source: MariaDBServer, offset: int) -> float:
     """Seconds of one incremental sync after an UPDATE of 10,000 rows."""
-    source.execute(f"UPDATE orders SET updated_at = NOW(6), qty = qty + 1 WHERE id > {offset} "
-                   f"AND id <= {offset + UPDATED_ROWS}", DB)
+    source.execute(
+        f"UPDATE orders SET updated_at = NOW(6), qty = qty + 1 WHERE id > {offset} AND id <= {offset + UPDATED_ROWS}",
+        DB,
+    )
     started = time.monotonic()
     result = rig.syncer.sync_table(rig.spec)
     seconds = time.monotonic() - started
@@ -106,12 +108,16 @@ def incremental_cycle(rig: Rig, source: MariaDBServer, offset: int) -> float:
 
 
 def main() -> int:
-    from config import Settings
+    from dlt_db_sync.config.settings import Settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--rate", type=float, default=Settings.verify_rows_per_second,
-                        help="VERIFY_ROWS_PER_SECOND of the paced pass (default: the daemon's default)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=Settings.verify_rows_per_second,
+        help="VERIFY_ROWS_PER_SECOND of the paced pass (default: the daemon's default)",
+    )
     parser.add_argument("--cycles", type=int, default=5, help="incremental cycles per condition")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "SWEEP_RESULTS.md")
     args = parser.parse_args()

@@ -42,11 +42,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 from mariadb_server import MariaDBServer, init_template  # noqa: E402
 from orders_data import ORDERS_DATA, ORDERS_DDL  # noqa: E402
 
-SERVER_ARGS = ["--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M", "--max-allowed-packet=256M",
-               "--innodb-io-capacity=20000", "--innodb-io-capacity-max=40000"]
+SERVER_ARGS = [
+    "--innodb-buffer-pool-size=1G",
+    "--innodb-log-file-size=512M",
+    "--max-allowed-packet=256M",
+    "--innodb-io-capacity=20000",
+    "--innodb-io-capacity-max=40000",
+]
 DB = "bench_verify"
 INJECTED = 100
 SEED = 20240601
+
 
 @dataclass
 class Found:
@@ -70,35 +76,51 @@ def say(message: str) -> None:
 # --------------------------------------------------------------------------- our verify
 def environ(source: MariaDBServer, target: MariaDBServer) -> dict[str, str]:
     return {
-        "SOURCE_DB_HOST": source.host, "SOURCE_DB_PORT": str(source.port), "SOURCE_DB_NAME": DB,
-        "SOURCE_DB_USER": "root", "SOURCE_DB_PASS": "",
-        "TARGET_DB_HOST": target.host, "TARGET_DB_PORT": str(target.port), "TARGET_DB_NAME": DB,
-        "TARGET_DB_USER": "root", "TARGET_DB_PASS": "",
-        "TABLES_FILE": os.devnull, "HEALTH_PORT": "0",
+        "SOURCE_DB_HOST": source.host,
+        "SOURCE_DB_PORT": str(source.port),
+        "SOURCE_DB_NAME": DB,
+        "SOURCE_DB_USER": "root",
+        "SOURCE_DB_PASS": "",
+        "TARGET_DB_HOST": target.host,
+        "TARGET_DB_PORT": str(target.port),
+        "TARGET_DB_NAME": DB,
+        "TARGET_DB_USER": "root",
+        "TARGET_DB_PASS": "",
+        "TABLES_FILE": os.devnull,
+        "HEALTH_PORT": "0",
     }
 
 
-def our_verify(source: MariaDBServer, target: MariaDBServer, repair: bool = False, keys: bool = False) -> tuple[float, int, str, Found]:
+def our_verify(
+    source: MariaDBServer, target: MariaDBServer, repair: bool = False, keys: bool = False
+) -> tuple[float, int, str, Found]:
     """(seconds, exit code, printed report, differing keys when ``keys``) of ``--verify [--repair]`` on orders."""
-    from chunk_compare import compare_table
-    from config import TableSpec, load_settings
-    from database import create_engines
-    from verification import CHUNK_SECONDS, PARALLEL_CHUNKS, describe_for_compare, run_verify
+    from dlt_db_sync.config.settings import TableSpec, load_settings
+    from dlt_db_sync.database.engines import create_engines
+    from dlt_db_sync.verification.chunk_compare import compare_table
+    from dlt_db_sync.verification.verifier import CHUNK_SECONDS, PARALLEL_CHUNKS, describe_for_compare, run_verify
 
     settings = load_settings(environ(source, target), dotenv_path=None)
     engines = create_engines(settings)
     try:
         out = io.StringIO()
         started = time.monotonic()
-        code = run_verify(engines, settings, [TableSpec("orders", ("id",))], ["orders"], repair, threading.Event(), out=out)
+        code = run_verify(
+            engines, settings, [TableSpec("orders", ("id",))], ["orders"], repair, threading.Event(), out=out
+        )
         seconds = time.monotonic() - started
         found = Found()
         if code and keys:  # the keys behind the printed counts (an extra, untimed comparison)
             _def, spec = describe_for_compare(engines, "orders", ("id",), "rows")
-            comparison = compare_table(engines, spec, threading.Event(), time_budget=CHUNK_SECONDS, parallel=PARALLEL_CHUNKS)
+            comparison = compare_table(
+                engines, spec, threading.Event(), time_budget=CHUNK_SECONDS, parallel=PARALLEL_CHUNKS
+            )
             assert comparison.differences is not None
-            found = Found({k[0] for k in comparison.differences.missing}, {k[0] for k in comparison.differences.extra},
-                          {k[0] for k in comparison.differences.changed})
+            found = Found(
+                {k[0] for k in comparison.differences.missing},
+                {k[0] for k in comparison.differences.extra},
+                {k[0] for k in comparison.differences.changed},
+            )
         return seconds, code, out.getvalue(), found
     finally:
         engines.dispose()
@@ -112,7 +134,8 @@ PT_INSERT = re.compile(r"^INSERT INTO `[^`]+`\.`orders`\([^)]*\) VALUES \('(\d+)
 def pt_table_sync(source: MariaDBServer, target: MariaDBServer) -> tuple[float, Found, int]:
     """(seconds, differing keys, statements) of ``pt-table-sync --print`` from source to target."""
     command = [
-        "pt-table-sync", "--print",  # --charset=utf8mb4 makes it die on "Wide character in print"
+        "pt-table-sync",
+        "--print",  # --charset=utf8mb4 makes it die on "Wide character in print"
         f"h={source.host},P={source.port},u=root,D={DB},t=orders",
         f"h={target.host},P={target.port},u=root,D={DB},t=orders",
     ]
@@ -252,8 +275,9 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def write_results(args: argparse.Namespace, results: dict[str, Any], expected: Found, version: str | None,
-                  server_version: str) -> None:
+def write_results(
+    args: argparse.Namespace, results: dict[str, Any], expected: Found, version: str | None, server_version: str
+) -> None:
     ours_clean, ours_diff, repair = results["ours_clean"], results["ours_diff"], results["repair"]  # first runs
     chunks = re.split(r"\s+", [line for line in ours_clean[2].splitlines() if line.startswith("orders")][0])[3]
     lines = [
@@ -270,8 +294,10 @@ def write_results(args: argparse.Namespace, results: dict[str, Any], expected: F
         "| scenario | our `--verify` best / median | `pt-table-sync --print` best / median | speed-up (best / median) |",
         "|---|---:|---:|---:|",
     ]
-    for label, scenario in (("no differences", "clean"),
-                            (f"after {INJECTED} silent updates, {INJECTED} deletes, {INJECTED} old inserts", "diff")):
+    for label, scenario in (
+        ("no differences", "clean"),
+        (f"after {INJECTED} silent updates, {INJECTED} deletes, {INJECTED} old inserts", "diff"),
+    ):
         ours = results[f"ours_{scenario}_times"]
         pt = results.get(f"pt_{scenario}_times")
         ours_text = f"{min(ours):.2f} s / {statistics.median(ours):.2f} s"
@@ -294,12 +320,17 @@ def write_results(args: argparse.Namespace, results: dict[str, Any], expected: F
     ]
     if "pt_diff" in results:
         pt_found = results["pt_diff"][1]
-        lines.append(f"| pt-table-sync (INSERT / DELETE / UPDATE) | {pt_found.counts()} | "
-                     f"{'yes' if pt_found.as_tuple() == expected.as_tuple() else 'NO'} |")
+        lines.append(
+            f"| pt-table-sync (INSERT / DELETE / UPDATE) | {pt_found.counts()} | "
+            f"{'yes' if pt_found.as_tuple() == expected.as_tuple() else 'NO'} |"
+        )
         same = pt_found.as_tuple() == ours_diff[3].as_tuple()
-        lines += ["", f"Both tools found {'exactly the same' if same else 'DIFFERENT'} keys. "
-                  f"After `--verify --repair` (exit {repair[1]}), pt-table-sync printed "
-                  f"{results['pt_after'][2]} statements."]
+        lines += [
+            "",
+            f"Both tools found {'exactly the same' if same else 'DIFFERENT'} keys. "
+            f"After `--verify --repair` (exit {repair[1]}), pt-table-sync printed "
+            f"{results['pt_after'][2]} statements.",
+        ]
     lines += ["", "Our `--verify` output after the injection:", "", "```", ours_diff[2].rstrip(), "```", ""]
     args.out.write_text("\n".join(lines))
 

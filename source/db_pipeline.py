@@ -20,15 +20,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from config import VERSION, Settings, TableSpec  # noqa: E402  (light: no third-party imports)
-from error_handling import ConfigError  # noqa: E402
+from dlt_db_sync.config.settings import VERSION, Settings, TableSpec  # light: no third-party imports
+from dlt_db_sync.error_handling.errors import ConfigError
+from dlt_db_sync.utils.logging_setup import log_fields
 
 if TYPE_CHECKING:
-    from monitoring import SyncStatus
-    from pipeline_management import TableSyncer
-    from verification_sweep import VerificationSweep
+    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.pipeline_management.syncer import TableSyncer
+    from dlt_db_sync.verification.sweep import VerificationSweep
 
 logger = logging.getLogger("dlt_sync.main")
 
@@ -64,12 +63,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--once", action="store_true", help="run one cycle over every table and exit")
     action.add_argument("--check", action="store_true", help="validate config and connectivity, print the plan")
-    action.add_argument("--verify", action="store_true",
-                        help="compare source and target tables by checksums (the TABLEs given, else all)")
+    action.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare source and target tables by checksums (the TABLEs given, else all)",
+    )
     # Options that only make sense with --verify are listed in VERIFY_ONLY.
-    parser.add_argument("--repair", action="store_true", help="with --verify: re-copy differing rows, delete extra ones")
-    parser.add_argument("--print", dest="print_only", action="store_true",
-                        help="with --verify: list the rows --repair would copy and delete; change nothing")
+    parser.add_argument(
+        "--repair", action="store_true", help="with --verify: re-copy differing rows, delete extra ones"
+    )
+    parser.add_argument(
+        "--print",
+        dest="print_only",
+        action="store_true",
+        help="with --verify: list the rows --repair would copy and delete; change nothing",
+    )
     parser.add_argument("--tables-file", type=Path, help="tables.json to use instead of TABLES_FILE")
     parser.add_argument("tables", nargs="*", metavar="TABLE", help="with --verify: the tables to compare")
     # Intermixed: tables may stand anywhere (--verify --repair payment, --verify payment --repair).
@@ -84,7 +92,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def load_configuration(args: argparse.Namespace) -> tuple[Settings, tuple[TableSpec, ...]]:
     """Settings and tables, or ConfigError naming the variable, file, entry or key."""
-    from config import load_settings, load_tables
+    from dlt_db_sync.config.settings import load_settings, load_tables
 
     settings = load_settings()
     if args.tables_file is not None:
@@ -121,8 +129,11 @@ class Signals:
         os.set_blocking(write_fd, False)
         self._fds = (read_fd, write_fd)
         self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        for signum, handler in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
-                                (signal.SIGHUP, self._on_hangup)):
+        for signum, handler in (
+            (signal.SIGTERM, self._on_stop),
+            (signal.SIGINT, self._on_stop),
+            (signal.SIGHUP, self._on_hangup),
+        ):
             self._restore.append((signum, signal.getsignal(signum)))
             signal.signal(signum, handler)
         threading.Thread(target=self._watch, args=(read_fd,), name="signals", daemon=True).start()
@@ -167,8 +178,11 @@ class Signals:
 def log_stop(signals: Signals) -> None:
     """The shutdown line a signal handler must not write itself."""
     if signals.received is not None:
-        logger.info("SYNC_ENGINE - SHUTDOWN - %s received; finishing the current chunk and stopping",
-                    signal.Signals(signals.received).name)
+        logger.info(
+            "%s received; finishing the current chunk and stopping",
+            signal.Signals(signals.received).name,
+            extra=log_fields("SYNC_ENGINE", "SHUTDOWN"),
+        )
 
 
 def run_interruptible(work: Callable[[], int], stop: threading.Event, grace: float = STOP_GRACE_SECONDS) -> int:
@@ -199,14 +213,18 @@ def run_interruptible(work: Callable[[], int], stop: threading.Event, grace: flo
     if failure:
         raise failure[0]
     if not outcome:
-        logger.warning("SYNC_ENGINE - SHUTDOWN - still busy %.0fs after the stop signal; exiting without it", grace)
+        logger.warning(
+            "still busy %.0fs after the stop signal; exiting without it",
+            grace,
+            extra=log_fields("SYNC_ENGINE", "SHUTDOWN"),
+        )
         return EXIT_FAILED
     return outcome[0]
 
 
 def run_cycle(syncer: TableSyncer, specs: Sequence[TableSpec], status: SyncStatus, cycle: int) -> bool:
     """One cycle over all tables; True when every table synced."""
-    from utils import format_cycle_summary
+    from dlt_db_sync.utils.formatting import format_cycle_summary
 
     started = time.monotonic()
     status.cycle_started()
@@ -218,11 +236,12 @@ def run_cycle(syncer: TableSyncer, specs: Sequence[TableSpec], status: SyncStatu
     if syncer.metrics is not None:
         syncer.metrics.observe_cycle(time.monotonic() - started)
     logger.info(
-        "SYNC_ENGINE - CYCLE - %s",
+        "%s",
         format_cycle_summary(cycle, len(ok), len(failed), sum(r.rows for r in results), time.monotonic() - started),
+        extra=log_fields("SYNC_ENGINE", "CYCLE"),
     )
     for result in failed:
-        logger.warning("SYNC_ENGINE - CYCLE - %s failed: %s", result.table, result.error)
+        logger.warning("%s failed: %s", result.table, result.error, extra=log_fields("SYNC_ENGINE", "CYCLE"))
     return all_ok
 
 
@@ -230,13 +249,18 @@ def reload_tables(
     settings: Settings, specs: tuple[TableSpec, ...], status: SyncStatus, sweep: VerificationSweep | None = None
 ) -> tuple[TableSpec, ...]:
     """Re-read the tables file (SIGHUP); an invalid file is reported and the old list stays."""
-    from config import load_tables
+    from dlt_db_sync.config.settings import load_tables
 
     try:
         new = load_tables(settings.tables_file)
     except ConfigError as exc:
         # The same text --check prints, so the operator can reproduce it there.
-        logger.error("SYNC_ENGINE - RELOAD - configuration error: %s; keeping the %d table(s) in force", exc, len(specs))
+        logger.error(
+            "configuration error: %s; keeping the %d table(s) in force",
+            exc,
+            len(specs),
+            extra=log_fields("SYNC_ENGINE", "RELOAD"),
+        )
         return specs
     old_names = [s.table for s in specs]
     new_names = [s.table for s in new]
@@ -246,18 +270,26 @@ def reload_tables(
     if sweep is not None:
         sweep.set_tables(new)
     logger.info(
-        "SYNC_ENGINE - RELOAD - %s: %d table(s); added: %s; removed (target tables left as they are): %s",
-        settings.tables_file, len(new), ", ".join(added) or "none", ", ".join(removed) or "none",
+        "%s: %d table(s); added: %s; removed (target tables left as they are): %s",
+        settings.tables_file,
+        len(new),
+        ", ".join(added) or "none",
+        ", ".join(removed) or "none",
+        extra=log_fields("SYNC_ENGINE", "RELOAD"),
     )
     return new
 
 
 def run_daemon(
-    syncer: TableSyncer, specs: tuple[TableSpec, ...], settings: Settings, status: SyncStatus, signals: Signals,
+    syncer: TableSyncer,
+    specs: tuple[TableSpec, ...],
+    settings: Settings,
+    status: SyncStatus,
+    signals: Signals,
     sweep: VerificationSweep | None = None,
 ) -> int:
     """Cycle every INTERVAL seconds (start to start) until a stop signal; SIGHUP reloads the tables."""
-    from error_handling import SyncError, describe_error
+    from dlt_db_sync.error_handling.errors import SyncError, describe_error
 
     stop = signals.stop
     cycle = 0
@@ -271,12 +303,12 @@ def run_daemon(
             syncer.prepare()
             run_cycle(syncer, specs, status, cycle)
         except SyncError as exc:
-            logger.error("SYNC_ENGINE - CYCLE - cycle %d failed: %s", cycle, describe_error(exc))
+            logger.error("cycle %d failed: %s", cycle, describe_error(exc), extra=log_fields("SYNC_ENGINE", "CYCLE"))
         remaining = settings.interval - (time.monotonic() - started)
         if remaining > 0 and stop.wait(remaining):
             break
     log_stop(signals)
-    logger.info("SYNC_ENGINE - SHUTDOWN - stopped after %d cycle(s)", cycle)
+    logger.info("stopped after %d cycle(s)", cycle, extra=log_fields("SYNC_ENGINE", "SHUTDOWN"))
     return EXIT_OK
 
 
@@ -286,15 +318,17 @@ def start_logging(settings: Settings) -> None:
     Raises:
         ConfigError: LOG_FILE cannot be opened.
     """
-    from config import unknown_variable_warnings
-    from utils import setup_logging
+    from dlt_db_sync.config.settings import unknown_variable_warnings
+    from dlt_db_sync.utils.logging_setup import setup_logging
 
     try:
         setup_logging(settings)
     except OSError as exc:
-        raise ConfigError(f"environment variable LOG_FILE={str(settings.log_file)!r}: cannot open: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"environment variable LOG_FILE={str(settings.log_file)!r}: cannot open: {exc.strerror or exc}"
+        ) from exc
     for warning in unknown_variable_warnings():
-        logger.warning("CONFIG - ENVIRONMENT - %s", warning)
+        logger.warning("%s", warning, extra=log_fields("CONFIG", "ENVIRONMENT"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,10 +366,10 @@ def configure_and_run(args: argparse.Namespace, signals: Signals) -> int:
 
 def run_mode(args: argparse.Namespace, settings: Settings, specs: tuple[TableSpec, ...], signals: Signals) -> int:
     """Create the engines and run ``--check``, ``--verify``, ``--once`` or the daemon loop."""
-    from database import Engines, check_connectivity, create_engines
-    from error_handling import SyncError, describe_error
-    from monitoring import Metrics, SyncStatus
-    from watchdog import start_services, track_engines
+    from dlt_db_sync.database.engines import Engines, check_connectivity, create_engines
+    from dlt_db_sync.error_handling.errors import SyncError, describe_error
+    from dlt_db_sync.monitoring.status import Metrics, SyncStatus
+    from dlt_db_sync.monitoring.watchdogs import start_services, track_engines
 
     stop = signals.stop
     status = SyncStatus()
@@ -348,23 +382,32 @@ def run_mode(args: argparse.Namespace, settings: Settings, specs: tuple[TableSpe
     try:
         metrics = Metrics(status, lambda: engines)
         if args.check:
-            from preflight import run_check
+            from dlt_db_sync.pipeline_management.preflight import run_check
 
             return run_interruptible(lambda: run_check(engines, settings, specs, stop), stop)
         if args.verify:
-            from verification import run_verify
+            from dlt_db_sync.verification.verifier import run_verify
 
             def verify() -> int:
                 check_connectivity(engines)  # fail fast, like --once: no retries against a refused port
-                return run_verify(engines, settings, specs, args.tables, args.repair, stop, status=status, metrics=metrics,
-                                  print_only=args.print_only)
+                return run_verify(
+                    engines,
+                    settings,
+                    specs,
+                    args.tables,
+                    args.repair,
+                    stop,
+                    status=status,
+                    metrics=metrics,
+                    print_only=args.print_only,
+                )
 
             return run_interruptible(verify, stop)
         if settings.lease_enabled:
-            from leases import LeaseManager
+            from dlt_db_sync.database.leases import LeaseManager
 
             leases = LeaseManager(engines.target, settings.target.name)
-        from pipeline_management import TableSyncer
+        from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
         syncer = TableSyncer(engines, settings, status, stop, metrics, leases)
         if args.once:
@@ -373,15 +416,15 @@ def run_mode(args: argparse.Namespace, settings: Settings, specs: tuple[TableSpe
             log_stop(signals)
             return EXIT_OK if ok else EXIT_FAILED
         services = start_services(settings, status, lambda: engines, metrics, stop, own_connections=own_connections)
-        from verification_sweep import start_sweep
+        from dlt_db_sync.verification.sweep import start_sweep
 
         sweep = start_sweep(engines, settings, specs, stop, status, metrics)
         return run_daemon(syncer, specs, settings, status, signals, sweep)
     except KeyboardInterrupt:
-        logger.warning("SYNC_ENGINE - SHUTDOWN - interrupted by a second signal; stopping now")
+        logger.warning("interrupted by a second signal; stopping now", extra=log_fields("SYNC_ENGINE", "SHUTDOWN"))
         return EXIT_FAILED
     except SyncError as exc:
-        logger.error("SYNC_ENGINE - STARTUP - %s", describe_error(exc))
+        logger.error("%s", describe_error(exc), extra=log_fields("SYNC_ENGINE", "STARTUP"))
         return EXIT_FAILED
     finally:
         stop.set()

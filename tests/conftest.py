@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "source"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # shared helpers of the integration tests
 sys.path.append(str(ROOT / "tests" / "fuzz"))  # the fuzzer's modules (appended: its conftest must not shadow this one)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dialect import Dialect
+from dlt_db_sync.database.dialect import Dialect
 
 FIXTURES = Path(__file__).parent / "unit" / "fixtures" / "ddl"
 

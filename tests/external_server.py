@@ -74,14 +74,24 @@ class ExternalServer:
     def error_log(self) -> str:
         return ""
 
-    def connect(self, database: str | None = None, user: str | None = None, password: str | None = None, **kwargs: Any) -> pymysql.Connection:
+    def connect(
+        self, database: str | None = None, user: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> pymysql.Connection:
         if user is None:
             user, password = self.user, self.password
         if self.flavor == "mysql":
             kwargs.setdefault("init_command", f"SET SESSION sql_mode='{FIXTURE_SQL_MODE}'")
         return pymysql.connect(
-            host=self.host, port=self.port, user=user, password=password or "", database=database,
-            charset="utf8mb4", autocommit=True, connect_timeout=5, local_infile=True, **kwargs,
+            host=self.host,
+            port=self.port,
+            user=user,
+            password=password or "",
+            database=database,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=5,
+            local_infile=True,
+            **kwargs,
         )
 
     def ensure_sequences(self, sql: str, database: str | None) -> None:
@@ -133,5 +143,7 @@ def fill_sequence(cursor: Any, name: str, first: int, last: int) -> None:
     cursor.execute(f"INSERT IGNORE INTO `{name}` VALUES (%s)", (first,))
     count = 1
     while count < last - first + 1:
-        cursor.execute(f"INSERT IGNORE INTO `{name}` SELECT seq + %s FROM `{name}` WHERE seq + %s <= %s", (count, count, last))
+        cursor.execute(
+            f"INSERT IGNORE INTO `{name}` SELECT seq + %s FROM `{name}` WHERE seq + %s <= %s", (count, count, last)
+        )
         count *= 2

@@ -142,7 +142,9 @@ class MariaDBServer:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def connect(self, database: str | None = None, user: str = "root", password: str = "", **kwargs: Any) -> pymysql.Connection:
+    def connect(
+        self, database: str | None = None, user: str = "root", password: str = "", **kwargs: Any
+    ) -> pymysql.Connection:
         return pymysql.connect(
             host=self.host,
             port=self.port,

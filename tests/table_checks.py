@@ -8,8 +8,21 @@ from mariadb_server import MariaDBServer
 
 LONG_TEXT_TYPES = {"tinytext", "text", "mediumtext", "longtext", "json"}
 BINARY_TYPES = {
-    "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "geometry", "point",
-    "linestring", "polygon", "multipoint", "multilinestring", "multipolygon", "geometrycollection", "bit",
+    "binary",
+    "varbinary",
+    "tinyblob",
+    "blob",
+    "mediumblob",
+    "longblob",
+    "geometry",
+    "point",
+    "linestring",
+    "polygon",
+    "multipoint",
+    "multilinestring",
+    "multipolygon",
+    "geometrycollection",
+    "bit",
 }
 
 
@@ -54,7 +67,9 @@ def table_fingerprint(server: MariaDBServer, db: str, table: str, columns: list[
 
 def assert_identical(source: MariaDBServer, source_db: str, target: MariaDBServer, target_db: str, table: str) -> None:
     """Same columns (exact types) and the same rows, value for value."""
-    assert column_types(target, target_db, table) == column_types(source, source_db, table), f"{table}: column definitions differ"
+    assert column_types(target, target_db, table) == column_types(source, source_db, table), (
+        f"{table}: column definitions differ"
+    )
     src = table_fingerprint(source, source_db, table)
     tgt = table_fingerprint(target, target_db, table)
     assert src == tgt, f"{table}: source {src} != target {tgt}"

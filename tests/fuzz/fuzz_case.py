@@ -146,7 +146,11 @@ class Table:
             parts.append(f"PRIMARY KEY ({', '.join(q(c) for c in self.pk)})")
         parts += [i.ddl() for i in self.indexes]
         tail = f" {self.partition}" if self.partition else ""
-        return f"CREATE TABLE {q(self.name)} (\n  " + ",\n  ".join(parts) + f"\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4{tail}"
+        return (
+            f"CREATE TABLE {q(self.name)} (\n  "
+            + ",\n  ".join(parts)
+            + f"\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4{tail}"
+        )
 
 
 # --------------------------------------------------------------------------- steps
@@ -209,7 +213,10 @@ class Case:
     def copy(self) -> Case:
         return dataclasses.replace(
             self,
-            tables=[dataclasses.replace(t, cols=list(t.cols), indexes=list(t.indexes), entry=dict(t.entry)) for t in self.tables],
+            tables=[
+                dataclasses.replace(t, cols=list(t.cols), indexes=list(t.indexes), entry=dict(t.entry))
+                for t in self.tables
+            ],
             cycles=[list(c) for c in self.cycles],
             env=dict(self.env),
         )
@@ -250,14 +257,28 @@ class Values:
             return str(rnd.choice([low, high, 0, 1, -1 if low < 0 else 2, rnd.randint(low, high)]))
         if kind == "decimal":
             digits, scale = p["p"], p["s"]
-            whole = "".join(rnd.choice("0123456789") for _ in range(rnd.randint(1, max(1, digits - scale))))[: digits - scale] or "0"
+            whole = (
+                "".join(rnd.choice("0123456789") for _ in range(rnd.randint(1, max(1, digits - scale))))[
+                    : digits - scale
+                ]
+                or "0"
+            )
             frac = "".join(rnd.choice("0123456789") for _ in range(scale))
             sign = "-" if rnd.random() < 0.3 else ""
             return f"{sign}{whole}" + (f".{frac}" if frac else "")
         if kind == "float":
             return rnd.choice(["0", "-1.5", "3.4e38", "1.17549e-38", "123.456", repr(rnd.uniform(-1e6, 1e6))])
         if kind == "double":
-            return rnd.choice(["0", "-0e0", "1.7976931348623157e308", "2.2250738585072014e-308", repr(rnd.uniform(-1e12, 1e12)), "0.1"])
+            return rnd.choice(
+                [
+                    "0",
+                    "-0e0",
+                    "1.7976931348623157e308",
+                    "2.2250738585072014e-308",
+                    repr(rnd.uniform(-1e12, 1e12)),
+                    "0.1",
+                ]
+            )
         if kind == "bit":
             return str(rnd.randint(0, 2 ** p["n"] - 1))
         if kind == "date":
@@ -271,7 +292,7 @@ class Values:
             return f"FROM_UNIXTIME({rnd.randint(1, 2**31 - 1)}.{rnd.randint(0, 999999):06d})"
         if kind == "time":
             sign = "-" if rnd.random() < 0.4 else ""
-            frac = f".{rnd.randint(0, 10**p['fsp'] - 1):0{p['fsp']}d}" if p["fsp"] else ""
+            frac = f".{rnd.randint(0, 10 ** p['fsp'] - 1):0{p['fsp']}d}" if p["fsp"] else ""
             return f"'{sign}{rnd.randint(0, 838)}:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}{frac}'"
         if kind == "year":
             return str(rnd.choice([0, 1901, 2155, rnd.randint(1901, 2155)]))
@@ -292,7 +313,9 @@ class Values:
             members = [m for m in p["members"] if rnd.random() < 0.4]
             return "'" + ",".join(members) + "'"
         if kind == "json":
-            doc = rnd.choice([{"a": rnd.randint(0, 9), "b": [1, "x", None]}, [], {"ü": "😀", "n": 1.5}, "text", 42, None])
+            doc = rnd.choice(
+                [{"a": rnd.randint(0, 9), "b": [1, "x", None]}, [], {"ü": "😀", "n": 1.5}, "text", 42, None]
+            )
             return sql_str(json.dumps(doc, ensure_ascii=rnd.random() < 0.5))
         if kind == "geometry":
             x, y = rnd.randint(-180, 180), rnd.randint(-90, 90)
@@ -304,8 +327,30 @@ class Values:
 
 def random_col(rnd: random.Random, name: str, features: frozenset[str]) -> Col:
     """A column of a random supported type."""
-    kind = rnd.choice(["int", "int", "decimal", "float", "double", "bit", "date", "datetime", "timestamp", "time",
-                       "year", "char", "char", "text", "binary", "blob", "enum", "set", "json", "geometry"])
+    kind = rnd.choice(
+        [
+            "int",
+            "int",
+            "decimal",
+            "float",
+            "double",
+            "bit",
+            "date",
+            "datetime",
+            "timestamp",
+            "time",
+            "year",
+            "char",
+            "char",
+            "text",
+            "binary",
+            "blob",
+            "enum",
+            "set",
+            "json",
+            "geometry",
+        ]
+    )
     nullable = rnd.random() < 0.7
     if kind == "int":
         base = rnd.choice(INT_ORDER)
@@ -322,7 +367,9 @@ def random_col(rnd: random.Random, name: str, features: frozenset[str]) -> Col:
         return Col(name, kind, f"BIT({n})", {"n": n}, nullable)
     if kind in {"datetime", "timestamp", "time"}:
         fsp = rnd.choice([0, 0, 3, 6])
-        return Col(name, kind, f"{kind.upper()}({fsp})" if fsp else kind.upper(), {"fsp": fsp}, nullable or kind == "timestamp")
+        return Col(
+            name, kind, f"{kind.upper()}({fsp})" if fsp else kind.upper(), {"fsp": fsp}, nullable or kind == "timestamp"
+        )
     if kind in {"char", "text"}:
         charset = rnd.choice(["utf8mb4", "latin1"])
         collation = rnd.choice(UTF8_COLLATIONS if charset == "utf8mb4" else LATIN1_COLLATIONS)
@@ -332,12 +379,19 @@ def random_col(rnd: random.Random, name: str, features: frozenset[str]) -> Col:
         else:
             type_sql = rnd.choice(TEXT_ORDER).upper()
             length = 255
-        return Col(name, kind, f"{type_sql} CHARACTER SET {charset} COLLATE {collation}",
-                   {"charset": charset, "length": length, "collation": collation, "base": type_sql}, nullable)
+        return Col(
+            name,
+            kind,
+            f"{type_sql} CHARACTER SET {charset} COLLATE {collation}",
+            {"charset": charset, "length": length, "collation": collation, "base": type_sql},
+            nullable,
+        )
     if kind == "binary":
         fixed = rnd.random() < 0.5
         length = rnd.randint(1, 32)
-        return Col(name, kind, f"{'BINARY' if fixed else 'VARBINARY'}({length})", {"length": length, "fixed": fixed}, nullable)
+        return Col(
+            name, kind, f"{'BINARY' if fixed else 'VARBINARY'}({length})", {"length": length, "fixed": fixed}, nullable
+        )
     if kind == "blob":
         big = "big_blob" in features and rnd.random() < 0.5
         base = rnd.choice(["MEDIUMBLOB", "LONGBLOB"] if big else [b.upper() for b in BLOB_ORDER])
@@ -413,7 +467,9 @@ class TableGen:
         rnd, f = self.rnd, self.features
         self.cols: list[Col] = []
         # A NULL-able unique key is refused loudly by design: rarely, so most cases sync.
-        kinds = ["int", "int", "composite", "composite", "binary16", "binary16"] + (["nullable_unique"] if "nullable_unique_key" in f else [])
+        kinds = ["int", "int", "composite", "composite", "binary16", "binary16"] + (
+            ["nullable_unique"] if "nullable_unique_key" in f else []
+        )
         self.key_kind = rnd.choice(kinds)
         pk: tuple[str, ...] | None
         indexes: list[Index] = []
@@ -423,8 +479,10 @@ class TableGen:
             self.cols.append(Col("id", "key", base, {"extra": auto}, nullable=False))
             pk = key = ("id",)
         elif self.key_kind == "composite":
-            self.cols += [Col("id", "key", "INT", nullable=False),
-                          Col("region", "key", "VARCHAR(8) CHARACTER SET latin1 COLLATE latin1_bin", nullable=False)]
+            self.cols += [
+                Col("id", "key", "INT", nullable=False),
+                Col("region", "key", "VARCHAR(8) CHARACTER SET latin1 COLLATE latin1_bin", nullable=False),
+            ]
             pk = key = ("id", "region")
         elif self.key_kind == "binary16":
             self.cols.append(Col("uid", "key", "BINARY(16)", nullable=False))
@@ -441,7 +499,9 @@ class TableGen:
         self.mod_kind = rnd.choice(mods)
         if self.mod_kind:
             type_sql, extra = MODIFIERS[self.mod_kind]
-            self.modifier = {"dt6": "modified_at", "ts": "updated_at", "date": "mod_date", "version": "change_no"}[self.mod_kind]
+            self.modifier = {"dt6": "modified_at", "ts": "updated_at", "date": "mod_date", "version": "change_no"}[
+                self.mod_kind
+            ]
             self.cols.append(Col(self.modifier, "modifier", type_sql, {"extra": extra}, nullable=False))
             if rnd.random() < 0.5:
                 indexes.append(Index("mod_idx", (self.modifier,)))
@@ -449,14 +509,20 @@ class TableGen:
             self.modifier = None
         partition = None
         if self.key_kind == "int" and rnd.random() < 0.3:
-            options = (["range", "list"] if "range_list_partitions" in f else []) + (["hash"] if "hash_partitions" in f else [])
+            options = (["range", "list"] if "range_list_partitions" in f else []) + (
+                ["hash"] if "hash_partitions" in f else []
+            )
             style = rnd.choice(options) if options else None
             if style == "range":
-                partition = ("PARTITION BY RANGE (`id`) (PARTITION p0 VALUES LESS THAN (40), "
-                             "PARTITION p1 VALUES LESS THAN (200), PARTITION p2 VALUES LESS THAN MAXVALUE)")
+                partition = (
+                    "PARTITION BY RANGE (`id`) (PARTITION p0 VALUES LESS THAN (40), "
+                    "PARTITION p1 VALUES LESS THAN (200), PARTITION p2 VALUES LESS THAN MAXVALUE)"
+                )
             elif style == "list":
-                partition = ("PARTITION BY LIST (`id` MOD 3) (PARTITION p0 VALUES IN (0), "
-                             "PARTITION p1 VALUES IN (1), PARTITION p2 VALUES IN (2))")
+                partition = (
+                    "PARTITION BY LIST (`id` MOD 3) (PARTITION p0 VALUES IN (0), "
+                    "PARTITION p1 VALUES IN (1), PARTITION p2 VALUES IN (2))"
+                )
             elif style == "hash":
                 partition = "PARTITION BY HASH (`id`) PARTITIONS 3"
             if partition and self.cols[0].type_sql == "BIGINT":
@@ -474,14 +540,22 @@ class TableGen:
         if "generated_columns" in f and rnd.random() < 0.5:
             # Only types whose text depends on no session setting (a TIMESTAMP's on the time zone,
             # a CHAR's on sql_mode): the server refuses the others in a generated column.
-            sources = [c for c in self.plain_cols() if c.kind in {"int", "decimal", "date", "datetime", "year", "double"}]
+            sources = [
+                c for c in self.plain_cols() if c.kind in {"int", "decimal", "date", "datetime", "year", "double"}
+            ]
             if "AUTO_INCREMENT" not in self.cols[0].params.get("extra", ""):  # not allowed under one either
                 sources = sources or [self.cols[0]]
         if "generated_columns" in f and sources:
             source = rnd.choice(sources)
             style = rnd.choice(["VIRTUAL", "STORED"])
-            self.cols.append(Col(self._next_col_name(), "generated", f"BIGINT AS (CRC32({q(source.name)})) {style}",
-                                 reads=(source.name,)))
+            self.cols.append(
+                Col(
+                    self._next_col_name(),
+                    "generated",
+                    f"BIGINT AS (CRC32({q(source.name)})) {style}",
+                    reads=(source.name,),
+                )
+            )
         self.indexes = indexes
         entry: dict[str, Any] = {"table": self.name, "primary_key": list(key) if len(key) > 1 else key[0]}
         if self.modifier:
@@ -508,7 +582,9 @@ class TableGen:
 
     def plain_cols(self) -> list[Col]:
         """Columns the workload writes freely (no key, modifier, unique or generated column)."""
-        return [c for c in self.cols if c.kind not in {"key", "modifier", "generated"} and c.name not in self.unique_cols]
+        return [
+            c for c in self.cols if c.kind not in {"key", "modifier", "generated"} and c.name not in self.unique_cols
+        ]
 
     def _unique_col(self, nullable: bool) -> Index:
         self.col_no += 1
@@ -632,7 +708,9 @@ class TableGen:
             for col in rnd.sample(plain, k=min(len(plain), rnd.randint(1, 3))):
                 if col.kind == "blob" and col.params.get("big") and rnd.random() < 0.5:
                     # One byte changed deep inside a (possibly long) blob.
-                    sets[col.name] = f"INSERT(COALESCE({q(col.name)}, ''), {rnd.randint(1, 400_000)}, 1, X'{rnd.randbytes(1).hex()}')"
+                    sets[col.name] = (
+                        f"INSERT(COALESCE({q(col.name)}, ''), {rnd.randint(1, 400_000)}, 1, X'{rnd.randbytes(1).hex()}')"
+                    )
                 else:
                     sets[col.name] = self._value(col)
         if self.modifier:
@@ -684,7 +762,9 @@ class TableGen:
             ]
             a.uniq[col.name], b.uniq[col.name] = b.uniq[col.name], a.uniq[col.name]
             a.at = b.at = self.ts
-            return self.step("sql", statements=statements, uses=frozenset({col.name}), note="swap unique values in one transaction")
+            return self.step(
+                "sql", statements=statements, uses=frozenset({col.name}), note="swap unique values in one transaction"
+            )
         return None
 
     def schema_change(self) -> Step | None:
@@ -707,16 +787,24 @@ class TableGen:
             col.nullable = True
             position = rnd.choice(["", " FIRST", f" AFTER {q(self.cols[0].name)}"])
             self.cols.append(col)
-            return self.step("sql", statements=[f"ALTER TABLE {t} ADD COLUMN {col.ddl()}{position}"], uses=frozenset({col.name}),
-                             note="add column")
+            return self.step(
+                "sql",
+                statements=[f"ALTER TABLE {t} ADD COLUMN {col.ddl()}{position}"],
+                uses=frozenset({col.name}),
+                note="add column",
+            )
         if action == "drop":
             options = [c for c in self.plain_cols() if c.name not in indexed and c.name not in read]
             if not options:
                 return None
             col = rnd.choice(options)
             self.cols.remove(col)
-            return self.step("sql", statements=[f"ALTER TABLE {t} DROP COLUMN {q(col.name)}"], uses=frozenset({col.name}),
-                             note="drop column")
+            return self.step(
+                "sql",
+                statements=[f"ALTER TABLE {t} DROP COLUMN {q(col.name)}"],
+                uses=frozenset({col.name}),
+                note="drop column",
+            )
         if action in {"widen", "narrow"}:
             options = [c for c in self.plain_cols() if c.name not in read and self._resized(c, action) is not None]
             if not options:
@@ -725,29 +813,46 @@ class TableGen:
             new = self._resized(col, action)
             assert new is not None
             self.cols[self.cols.index(col)] = new
-            return self.step("sql", statements=[f"ALTER TABLE {t} MODIFY COLUMN {new.ddl()}"], uses=frozenset({col.name}),
-                             note=f"{action} column {col.type_sql} -> {new.type_sql}")
+            return self.step(
+                "sql",
+                statements=[f"ALTER TABLE {t} MODIFY COLUMN {new.ddl()}"],
+                uses=frozenset({col.name}),
+                note=f"{action} column {col.type_sql} -> {new.type_sql}",
+            )
         if action == "add_index":
             options = [c for c in self.plain_cols() if c.name not in indexed and c.kind != "geometry"]
             if not options:
                 return None
             index = self._index_on(rnd.choice(options))
             self.indexes.append(index)
-            return self.step("sql", statements=[f"ALTER TABLE {t} ADD {index.ddl()}"], uses=frozenset(index.columns), note="add index")
+            return self.step(
+                "sql",
+                statements=[f"ALTER TABLE {t} ADD {index.ddl()}"],
+                uses=frozenset(index.columns),
+                note="add index",
+            )
         if action == "drop_index":
             options = [i for i in self.indexes if not i.unique and i.name != "mod_idx"]
             if not options:
                 return None
             index = rnd.choice(options)
             self.indexes.remove(index)
-            return self.step("sql", statements=[f"ALTER TABLE {t} DROP INDEX {q(index.name)}"], uses=frozenset(index.columns),
-                             note="drop index")
+            return self.step(
+                "sql",
+                statements=[f"ALTER TABLE {t} DROP INDEX {q(index.name)}"],
+                uses=frozenset(index.columns),
+                note="drop index",
+            )
         if action == "add_unique":
             index = self._unique_col(nullable=True)
             col = self.cols[-1]
             self.indexes.append(index)
-            return self.step("sql", statements=[f"ALTER TABLE {t} ADD COLUMN {col.ddl()}, ADD {index.ddl()}"],
-                             uses=frozenset({col.name}), note="add a column with a UNIQUE key")
+            return self.step(
+                "sql",
+                statements=[f"ALTER TABLE {t} ADD COLUMN {col.ddl()}, ADD {index.ddl()}"],
+                uses=frozenset({col.name}),
+                note="add a column with a UNIQUE key",
+            )
         if action == "drop_unique":
             options = [i for i in self.indexes if i.unique and i.columns[0] in self.unique_cols]
             if not options:
@@ -755,8 +860,12 @@ class TableGen:
             index = rnd.choice(options)
             self.indexes.remove(index)
             self.reusable.add(index.columns[0])
-            return self.step("sql", statements=[f"ALTER TABLE {t} DROP INDEX {q(index.name)}"], uses=frozenset(index.columns),
-                             note="drop a UNIQUE key (its values may repeat from now on)")
+            return self.step(
+                "sql",
+                statements=[f"ALTER TABLE {t} DROP INDEX {q(index.name)}"],
+                uses=frozenset(index.columns),
+                note="drop a UNIQUE key (its values may repeat from now on)",
+            )
         options = [c for c in self.cols if c.kind in {"enum", "set"}]
         if not options:
             return None
@@ -764,11 +873,18 @@ class TableGen:
         members = list(col.params["members"])
         members.insert(rnd.randint(0, len(members) - 1) if len(members) > 1 else 0, f"new{self.counter}")
         self.counter += 1
-        new = dataclasses.replace(col, type_sql=f"{col.kind.upper()}(" + ", ".join("'" + m + "'" for m in members) + ")",
-                                  params={"members": members})
+        new = dataclasses.replace(
+            col,
+            type_sql=f"{col.kind.upper()}(" + ", ".join("'" + m + "'" for m in members) + ")",
+            params={"members": members},
+        )
         self.cols[self.cols.index(col)] = new
-        return self.step("sql", statements=[f"ALTER TABLE {t} MODIFY COLUMN {new.ddl()}"], uses=frozenset({col.name}),
-                         note="ENUM/SET member inserted in the middle")
+        return self.step(
+            "sql",
+            statements=[f"ALTER TABLE {t} MODIFY COLUMN {new.ddl()}"],
+            uses=frozenset({col.name}),
+            note="ENUM/SET member inserted in the middle",
+        )
 
     def _resized(self, col: Col, action: str) -> Col | None:
         p = col.params
@@ -776,10 +892,14 @@ class TableGen:
             rank = INT_ORDER.index(p["base"])
             if action == "narrow" and rank and col.name not in self.written:  # only NULLs so far: fits
                 base = INT_ORDER[rank - 1]
-                return dataclasses.replace(col, type_sql=base + (" UNSIGNED" if p.get("unsigned") else ""), params={**p, "base": base})
+                return dataclasses.replace(
+                    col, type_sql=base + (" UNSIGNED" if p.get("unsigned") else ""), params={**p, "base": base}
+                )
             if action == "widen" and rank + 1 < len(INT_ORDER):
                 base = INT_ORDER[rank + 1]
-                return dataclasses.replace(col, type_sql=base + (" UNSIGNED" if p.get("unsigned") else ""), params={**p, "base": base})
+                return dataclasses.replace(
+                    col, type_sql=base + (" UNSIGNED" if p.get("unsigned") else ""), params={**p, "base": base}
+                )
             return None
         if col.kind == "char" and p["base"].startswith("VARCHAR"):
             length = p["length"]
@@ -789,10 +909,16 @@ class TableGen:
             type_sql = f"VARCHAR({new}) CHARACTER SET {p['charset']} COLLATE {p['collation']}"
             return dataclasses.replace(col, type_sql=type_sql, params={**p, "length": new, "base": f"VARCHAR({new})"})
         if col.kind == "decimal" and action == "widen" and p["p"] + 2 <= 65 and p["s"] + 1 <= 30:
-            return dataclasses.replace(col, type_sql=f"DECIMAL({p['p'] + 2},{p['s'] + 1})", params={"p": p["p"] + 2, "s": p["s"] + 1})
+            return dataclasses.replace(
+                col, type_sql=f"DECIMAL({p['p'] + 2},{p['s'] + 1})", params={"p": p["p"] + 2, "s": p["s"] + 1}
+            )
         if col.kind == "text" and action == "widen" and p["base"] != "LONGTEXT":
             base = TEXT_ORDER[TEXT_ORDER.index(p["base"].lower()) + 1].upper()
-            return dataclasses.replace(col, type_sql=f"{base} CHARACTER SET {p['charset']} COLLATE {p['collation']}", params={**p, "base": base})
+            return dataclasses.replace(
+                col,
+                type_sql=f"{base} CHARACTER SET {p['charset']} COLLATE {p['collation']}",
+                params={**p, "base": base},
+            )
         return None
 
     def cycle_steps(self, first: bool) -> list[Step]:
@@ -858,10 +984,18 @@ def generate(seed: int, features: frozenset[str] | None = None) -> Case:
         for gen in gens:
             if number:  # the time between two syncs (none: a sync within the second of the last change)
                 same = "same_modifier_update" in features
-                gaps = ([0, 3600] if same else []) + [90_000] if gen.mod_kind == "date" else ([0] if same else []) + [1, 20, 200, 1000, 90_000]
+                gaps = (
+                    ([0, 3600] if same else []) + [90_000]
+                    if gen.mod_kind == "date"
+                    else ([0] if same else []) + [1, 20, 200, 1000, 90_000]
+                )
                 gen.ts += rnd.choice(gaps)
             steps += gen.cycle_steps(first=number == 0)
         cycles.append(steps)
     mode = "file_staging" if "file_staging" in features and rnd.random() < 0.3 else "direct"
-    env = {"PIPELINE_MODE": mode, "CHUNK_SIZE": str(rnd.choice([7, 50, 1000])), "LOOKBACK_SECONDS": str(rnd.choice([60, 300]))}
+    env = {
+        "PIPELINE_MODE": mode,
+        "CHUNK_SIZE": str(rnd.choice([7, 50, 1000])),
+        "LOOKBACK_SECONDS": str(rnd.choice([60, 300])),
+    }
     return Case(seed, [g.table for g in gens], cycles, env)

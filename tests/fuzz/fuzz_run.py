@@ -29,18 +29,32 @@ from typing import Any
 import pymysql
 from fuzz_case import Case, Step, generate, q
 
-import config
-from database import create_engines
+from dlt_db_sync.config import settings as config
+from dlt_db_sync.database.engines import create_engines
+from dlt_db_sync.monitoring.status import SyncStatus
+from dlt_db_sync.pipeline_management.syncer import TableSyncer
+from dlt_db_sync.verification.verifier import Verifier
 from mariadb_server import MariaDBServer
-from monitoring import SyncStatus
-from pipeline_management import TableSyncer
-from verification import Verifier
 
 # Step list of one cycle as plain data: (simulated epoch second, statements run in one transaction).
 PlainCycle = list[tuple[int, list[str]]]
 
-_BYTES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "geometry", "point", "linestring",
-          "polygon", "multipoint", "multilinestring", "multipolygon", "geometrycollection"}
+_BYTES = {
+    "binary",
+    "varbinary",
+    "tinyblob",
+    "blob",
+    "mediumblob",
+    "longblob",
+    "geometry",
+    "point",
+    "linestring",
+    "polygon",
+    "multipoint",
+    "multilinestring",
+    "multipolygon",
+    "geometrycollection",
+}
 _TEXTS = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
 
 
@@ -100,8 +114,10 @@ def exact_expression(name: str, data_type: str) -> str:
     return f"CAST({col} AS CHAR)"
 
 
-_COLUMNS = ("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION")
+_COLUMNS = (
+    "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+    "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
+)
 
 
 def _query(conn: pymysql.Connection, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
@@ -114,8 +130,15 @@ def _sort_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple((v is None, str(v)) for v in row)
 
 
-def compare_table(source: pymysql.Connection, target: pymysql.Connection, source_db: str, target_db: str, table: str,
-                  key: Sequence[str], deletes_ignored: bool) -> str | None:
+def compare_table(
+    source: pymysql.Connection,
+    target: pymysql.Connection,
+    source_db: str,
+    target_db: str,
+    table: str,
+    key: Sequence[str],
+    deletes_ignored: bool,
+) -> str | None:
     """None when the target holds the source's columns (exact types) and rows; else the first difference."""
     src_cols = _query(source, _COLUMNS, (source_db, table))
     tgt_cols = {r[0]: r for r in _query(target, _COLUMNS, (target_db, table))}
@@ -154,13 +177,27 @@ def compare_table(source: pymysql.Connection, target: pymysql.Connection, source
 # --------------------------------------------------------------------------- running
 def _environ(pair: FuzzPair, source_db: str, target_db: str, workdir: Path, env: dict[str, str]) -> dict[str, str]:
     return {
-        "SOURCE_DB_HOST": pair.source.host, "SOURCE_DB_PORT": str(pair.source.port), "SOURCE_DB_NAME": source_db,
-        "SOURCE_DB_USER": "root", "SOURCE_DB_PASS": "",
-        "TARGET_DB_HOST": pair.target.host, "TARGET_DB_PORT": str(pair.target.port), "TARGET_DB_NAME": target_db,
-        "TARGET_DB_USER": "root", "TARGET_DB_PASS": "",
-        "INTERVAL": "1", "BATCH_DELAY": "0", "LOCK_TIMEOUT_BASE_DELAY": "0.1", "LOCK_TIMEOUT_MAX_DELAY": "0.2",
-        "LOCK_TIMEOUT_RETRIES": "1", "HEALTH_PORT": "0", "POOL_SIZE": "3", "MAX_OVERFLOW": "3", "PROGRESS": "off",
-        "FILE_STAGING_DIR": str(workdir / "staging"), "PIPELINES_DIR": str(workdir / "pipelines"),
+        "SOURCE_DB_HOST": pair.source.host,
+        "SOURCE_DB_PORT": str(pair.source.port),
+        "SOURCE_DB_NAME": source_db,
+        "SOURCE_DB_USER": "root",
+        "SOURCE_DB_PASS": "",
+        "TARGET_DB_HOST": pair.target.host,
+        "TARGET_DB_PORT": str(pair.target.port),
+        "TARGET_DB_NAME": target_db,
+        "TARGET_DB_USER": "root",
+        "TARGET_DB_PASS": "",
+        "INTERVAL": "1",
+        "BATCH_DELAY": "0",
+        "LOCK_TIMEOUT_BASE_DELAY": "0.1",
+        "LOCK_TIMEOUT_MAX_DELAY": "0.2",
+        "LOCK_TIMEOUT_RETRIES": "1",
+        "HEALTH_PORT": "0",
+        "POOL_SIZE": "3",
+        "MAX_OVERFLOW": "3",
+        "PROGRESS": "off",
+        "FILE_STAGING_DIR": str(workdir / "staging"),
+        "PIPELINES_DIR": str(workdir / "pipelines"),
         "TABLES_FILE": str(workdir / "tables.json"),
         **env,
     }
@@ -182,8 +219,15 @@ def apply_steps(conn: pymysql.Connection, steps: PlainCycle) -> None:
             raise InvalidCase(f"{exc} in {statements[0][:300]}") from exc
 
 
-def run_plan(pair: FuzzPair, workdir: Path, entries: list[dict[str, Any]], creates: list[str], cycles: list[PlainCycle],
-             env: dict[str, str], keep: bool = False) -> Outcome:
+def run_plan(
+    pair: FuzzPair,
+    workdir: Path,
+    entries: list[dict[str, Any]],
+    creates: list[str],
+    cycles: list[PlainCycle],
+    env: dict[str, str],
+    keep: bool = False,
+) -> Outcome:
     """Create the tables, then per cycle: the steps on the source, one sync, the oracle on every table.
 
     The databases are dropped afterwards unless ``keep`` (the caller drops ``Outcome.databases``)."""
@@ -225,23 +269,39 @@ def run_plan(pair: FuzzPair, workdir: Path, entries: list[dict[str, Any]], creat
                 if not result.ok:
                     outcome.loud.append((spec.table, number, result.error or "(no message)"))
                 target.rollback()  # a fresh snapshot for the comparison
-                difference = compare_table(source, target, source_db, target_db, spec.table, spec.primary_key,
-                                           spec.deletes == "ignore" and spec.strategy == "incremental")
+                difference = compare_table(
+                    source,
+                    target,
+                    source_db,
+                    target_db,
+                    spec.table,
+                    spec.primary_key,
+                    spec.deletes == "ignore" and spec.strategy == "incremental",
+                )
                 if difference is None:
                     continue
                 if result.ok:
-                    outcome.findings.append(Finding(spec.table, number, "divergence", f"reported ok but differs: {difference}"))
+                    outcome.findings.append(
+                        Finding(spec.table, number, "divergence", f"reported ok but differs: {difference}")
+                    )
                 verifier = Verifier(engines, settings, threading.Event(), out=io.StringIO())
                 if verifier.verify(spec, repair=False):
-                    outcome.findings.append(Finding(spec.table, number, "verifier-blind",
-                                                    f"--verify says identical but: {difference}"))
+                    outcome.findings.append(
+                        Finding(spec.table, number, "verifier-blind", f"--verify says identical but: {difference}")
+                    )
             leaked = engines.source.pool.checkedout() + engines.target.pool.checkedout()
             if leaked:
                 # Connections still checked out between cycles hold transactions (and metadata
                 # locks: the source's DDL waits on them) and drain the pool by one per cycle.
                 failed = [t for t, c, _m in outcome.loud if c == number]
-                outcome.findings.append(Finding(failed[0] if failed else specs[0].table, number, "connection-leak",
-                                                f"{leaked} connection(s) still checked out after the cycle"))
+                outcome.findings.append(
+                    Finding(
+                        failed[0] if failed else specs[0].table,
+                        number,
+                        "connection-leak",
+                        f"{leaked} connection(s) still checked out after the cycle",
+                    )
+                )
             if outcome.findings:
                 return outcome
         return outcome
@@ -267,8 +327,14 @@ def run_case(pair: FuzzPair, workdir: Path, case: Case, keep: bool = False) -> O
     return run_plan(pair, workdir, entries, creates, cycles, case.env, keep)
 
 
-def replay(pair: FuzzPair, workdir: Path, entries: list[dict[str, Any]], creates: list[str], cycles: list[PlainCycle],
-           env: dict[str, str]) -> None:
+def replay(
+    pair: FuzzPair,
+    workdir: Path,
+    entries: list[dict[str, Any]],
+    creates: list[str],
+    cycles: list[PlainCycle],
+    env: dict[str, str],
+) -> None:
     """A printed reproduction's body: fails with the finding while the divergence is there."""
     outcome = run_plan(pair, workdir, entries, creates, cycles, env)
     assert outcome.invalid is None, outcome.invalid
@@ -326,7 +392,9 @@ def _all_columns(case: Case, table: str) -> list[str]:
 class Shrinker:
     """Reduces a case while it still produces a finding of the same table and kind."""
 
-    def __init__(self, pair: FuzzPair, workdir: Path, budget_seconds: float, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, pair: FuzzPair, workdir: Path, budget_seconds: float, log: Callable[[str], None] = print
+    ) -> None:
         self.pair = pair
         self.workdir = workdir
         self.deadline = time.monotonic() + budget_seconds
@@ -377,7 +445,9 @@ class Shrinker:
             for start in range(0, len(flat), size):
                 drop = set(flat[start : start + size])
                 new = case.copy()
-                new.cycles = [[s for j, s in enumerate(steps) if (i, j) not in drop] for i, steps in enumerate(case.cycles)]
+                new.cycles = [
+                    [s for j, s in enumerate(steps) if (i, j) not in drop] for i, steps in enumerate(case.cycles)
+                ]
                 yield new
             size //= 2
         for name in _all_columns(case, table):
@@ -454,7 +524,6 @@ def quiet_daemon_logs() -> None:
     logging.getLogger("dlt_sync").setLevel(logging.CRITICAL)
 
 
-
 # --------------------------------------------------------------------------- sessions
 @dataclass
 class SessionReport:
@@ -469,12 +538,17 @@ class SessionReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        lines = [f"fuzz: {self.cases} cases in {self.seconds:.0f}s: {self.clean} clean (no divergence), "
-                 f"{len(self.findings)} with a divergence, {len(self.invalid)} invalid; "
-                 f"{self.with_loud} had a table failing loudly"]
+        lines = [
+            f"fuzz: {self.cases} cases in {self.seconds:.0f}s: {self.clean} clean (no divergence), "
+            f"{len(self.findings)} with a divergence, {len(self.invalid)} invalid; "
+            f"{self.with_loud} had a table failing loudly"
+        ]
         lines += [f"  loud x{n}: {message}" for message, n in self.loud.most_common(12)]
         lines += [f"  invalid case: {text}" for text in self.invalid[:10]]
-        lines += [f"  DIVERGENCE seed {seed}: {f.table} cycle {f.cycle} {f.kind}: {f.detail[:300]}" for seed, f, _ in self.findings]
+        lines += [
+            f"  DIVERGENCE seed {seed}: {f.table} cycle {f.cycle} {f.kind}: {f.detail[:300]}"
+            for seed, f, _ in self.findings
+        ]
         return "\n".join(lines)
 
 
@@ -483,8 +557,16 @@ def _loud_key(message: str) -> str:
     return re.sub(r"(table|column|key)( '[^']*'| `[^`]*`)", r"\1 …", message.splitlines()[0])[:160]
 
 
-def fuzz_session(pair: FuzzPair, workdir: Path, seeds: Iterable[int], features: frozenset[str], deadline: float | None = None,
-                 shrink_seconds: float = 90.0, max_shrinks: int = 6, log: Callable[[str], None] = print) -> SessionReport:
+def fuzz_session(
+    pair: FuzzPair,
+    workdir: Path,
+    seeds: Iterable[int],
+    features: frozenset[str],
+    deadline: float | None = None,
+    shrink_seconds: float = 90.0,
+    max_shrinks: int = 6,
+    log: Callable[[str], None] = print,
+) -> SessionReport:
     """Run ``generate(seed, features)`` for each seed (until ``deadline``), shrinking each divergence."""
     report = SessionReport()
     started = time.monotonic()

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # main. `make fuzz` keeps every feature (FUZZ_EXCLUDE can name some to leave out there too).
 EXCLUDED_UNTIL_FIXED: dict[str, str] = {
     "older_than_lookback": "item 6 (rest): a row written with a modifier below the watermark minus the lookback is "
-                           "never read; only a continuous verification (guard-rails issue 14) can find it",
+    "never read; only a continuous verification (guard-rails issue 14) can find it",
 }
 FIXED_SEEDS = range(1000, 1060)
 
@@ -51,11 +51,19 @@ def test_fuzz_fresh_seeds(fuzz_pair: FuzzPair, tmp_path: Path) -> None:
     assert not unknown, f"FUZZ_EXCLUDE names unknown features {sorted(unknown)}; known: {sorted(FEATURES)}"
     print(f"\nfuzz: seeds from {first} for {minutes} minutes, features excluded: {sorted(excluded) or 'none'}")
     deadline = time.monotonic() + minutes * 60
-    report = fuzz_session(fuzz_pair, tmp_path, range(first, first + 10**6), frozenset(FEATURES) - excluded, deadline,
-                          shrink_seconds=float(os.environ.get("FUZZ_SHRINK_SECONDS", "120")),
-                          log=lambda text: print(text, flush=True))
+    report = fuzz_session(
+        fuzz_pair,
+        tmp_path,
+        range(first, first + 10**6),
+        frozenset(FEATURES) - excluded,
+        deadline,
+        shrink_seconds=float(os.environ.get("FUZZ_SHRINK_SECONDS", "120")),
+        log=lambda text: print(text, flush=True),
+    )
     print("\n" + report.summary(), flush=True)
-    assert not report.findings and not report.invalid, f"{len(report.findings)} divergences; see the reproductions above"
+    assert not report.findings and not report.invalid, (
+        f"{len(report.findings)} divergences; see the reproductions above"
+    )
 
 
 def test_generator_is_reproducible_and_covers_every_feature() -> None:
@@ -68,14 +76,57 @@ def test_generator_is_reproducible_and_covers_every_feature() -> None:
         case = generate(seed)
         text += "\n".join(t.create_sql() + repr(t.entry) for t in case.tables)
         text += "\n".join(f"{s.note}: {s.sql()}" for c in case.cycles for s in c)
-    for needle in ["AS (CRC32(", " STORED", " VIRTUAL", "PARTITION BY RANGE", "PARTITION BY LIST", "PARTITION BY HASH",
-                   "`pct%s`", "`col with space`", "BINARY(16)", "ON UPDATE CURRENT_TIMESTAMP", "DATETIME(6)", "`mod_date` DATE",
-                   "`change_no` BIGINT UNSIGNED", "'file_staging'", "'reconcile'", "'ignore'", "'full_refresh'",
-                   "UNIQUE KEY", "ab_unique", "REPEAT(X'", "keeping the modifier", "modifier only", "older",
-                   "swap unique values", "drop a UNIQUE key", "ENUM/SET member inserted", "add column", "drop column",
-                   "widen column", "narrow column", "add index", "drop index", "sharing one timestamp", "TIME(",
-                   "latin1_", "utf8mb4_", "JSON", "POINT", "GEOMETRY", "BIT(", "YEAR", "DECIMAL(", "FLOAT", "DOUBLE",
-                   "TINYINT", "MEDIUMINT", "18446744073709551", "'-", "re-insert"]:
+    for needle in [
+        "AS (CRC32(",
+        " STORED",
+        " VIRTUAL",
+        "PARTITION BY RANGE",
+        "PARTITION BY LIST",
+        "PARTITION BY HASH",
+        "`pct%s`",
+        "`col with space`",
+        "BINARY(16)",
+        "ON UPDATE CURRENT_TIMESTAMP",
+        "DATETIME(6)",
+        "`mod_date` DATE",
+        "`change_no` BIGINT UNSIGNED",
+        "'file_staging'",
+        "'reconcile'",
+        "'ignore'",
+        "'full_refresh'",
+        "UNIQUE KEY",
+        "ab_unique",
+        "REPEAT(X'",
+        "keeping the modifier",
+        "modifier only",
+        "older",
+        "swap unique values",
+        "drop a UNIQUE key",
+        "ENUM/SET member inserted",
+        "add column",
+        "drop column",
+        "widen column",
+        "narrow column",
+        "add index",
+        "drop index",
+        "sharing one timestamp",
+        "TIME(",
+        "latin1_",
+        "utf8mb4_",
+        "JSON",
+        "POINT",
+        "GEOMETRY",
+        "BIT(",
+        "YEAR",
+        "DECIMAL(",
+        "FLOAT",
+        "DOUBLE",
+        "TINYINT",
+        "MEDIUMINT",
+        "18446744073709551",
+        "'-",
+        "re-insert",
+    ]:
         assert needle.lower() in text.lower(), f"no generated case has {needle!r}"
 
 
@@ -110,8 +161,29 @@ def test_oracle_sees_a_changed_value_of_every_type(fuzz_pair: FuzzPair, tmp_path
     finally:
         source.close()
         target.close()
-    kinds = {"int", "decimal", "float", "double", "bit", "date", "datetime", "timestamp", "time", "year", "char", "text",
-             "binary", "blob", "enum", "set", "json", "geometry", "key", "modifier", "unique"}
+    kinds = {
+        "int",
+        "decimal",
+        "float",
+        "double",
+        "bit",
+        "date",
+        "datetime",
+        "timestamp",
+        "time",
+        "year",
+        "char",
+        "text",
+        "binary",
+        "blob",
+        "enum",
+        "set",
+        "json",
+        "geometry",
+        "key",
+        "modifier",
+        "unique",
+    }
     assert checked == kinds, f"never changed: {sorted(kinds - checked)}"
 
 
@@ -123,7 +195,9 @@ def _tampered_is_seen(source, target, src_db: str, tgt_db: str, table, col) -> b
         cur.execute("SET SESSION sql_mode = ''")  # a NULL into NOT NULL becomes the zero value
         cur.execute("START TRANSACTION")
         try:
-            changed = cur.execute(f"UPDATE `{table.name}` SET {name} = IF({name} IS NULL, {tamper(col.kind)}, NULL) LIMIT 1")
+            changed = cur.execute(
+                f"UPDATE `{table.name}` SET {name} = IF({name} IS NULL, {tamper(col.kind)}, NULL) LIMIT 1"
+            )
             if changed:
                 difference = compare_table(source, target, src_db, tgt_db, table.name, table.key, False)
                 assert difference is not None, f"the oracle missed a changed {col.type_sql} value in {table.name}"
@@ -134,9 +208,17 @@ def _tampered_is_seen(source, target, src_db: str, tgt_db: str, table, col) -> b
 
 def tamper(kind: str) -> str:
     """A value of ``kind`` to write over NULL."""
-    return {"geometry": "ST_GeomFromText('POINT(9 9)')", "date": "'2001-02-03'", "datetime": "'2001-02-03'",
-            "timestamp": "'2001-02-03'", "time": "'01:02:03'", "json": "'[]'", "enum": "1", "set": "1",
-            "modifier": "'2001-02-03'"}.get(kind, "1")
+    return {
+        "geometry": "ST_GeomFromText('POINT(9 9)')",
+        "date": "'2001-02-03'",
+        "datetime": "'2001-02-03'",
+        "timestamp": "'2001-02-03'",
+        "time": "'01:02:03'",
+        "json": "'[]'",
+        "enum": "1",
+        "set": "1",
+        "modifier": "'2001-02-03'",
+    }.get(kind, "1")
 
 
 def test_shrinker_keeps_only_what_the_divergence_needs(tmp_path: Path) -> None:
@@ -152,15 +234,27 @@ def test_shrinker_keeps_only_what_the_divergence_needs(tmp_path: Path) -> None:
                         return Finding(table, number, kind, "marked update present")
             return None
 
-    case = next(c for c in map(generate, range(100)) if len(c.tables) > 1 and len(c.cycles) > 2
-                and any(s.kind == "update" and len(s.sets) > 1 for s in c.cycles[-1]))
+    case = next(
+        c
+        for c in map(generate, range(100))
+        if len(c.tables) > 1 and len(c.cycles) > 2 and any(s.kind == "update" and len(s.sets) > 1 for s in c.cycles[-1])
+    )
     step = chosen = next(s for s in case.cycles[-1] if s.kind == "update" and len(s.sets) > 1)
     marked = next(iter(step.sets))
     finding = Finding(step.table, len(case.cycles) - 1, "divergence", "stand-in")
     shrunk, found = Marked(None, tmp_path, budget_seconds=60, log=lambda _text: None).shrink(case, finding)  # type: ignore[arg-type]
     assert found.table == step.table
     assert [t.name for t in shrunk.tables] == [step.table]
-    assert [s for c in shrunk.cycles for s in c] == [replace(step, sets={k: v for k, v in step.sets.items() if k == marked or k in {"modified_at", "updated_at", "mod_date", "change_no"}})]
+    assert [s for c in shrunk.cycles for s in c] == [
+        replace(
+            step,
+            sets={
+                k: v
+                for k, v in step.sets.items()
+                if k == marked or k in {"modified_at", "updated_at", "mod_date", "change_no"}
+            },
+        )
+    ]
     table = shrunk.tables[0]
     assert {c.name for c in table.cols} <= {*table.key, marked, table.entry.get("modifier")}
     assert "modified_at" not in reproduction(shrunk, found) or table.entry.get("modifier") == "modified_at"

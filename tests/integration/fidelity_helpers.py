@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import config
-from database import create_engines
+from dlt_db_sync.config import settings as config
+from dlt_db_sync.database.engines import create_engines
+from dlt_db_sync.monitoring.status import SyncStatus
+from dlt_db_sync.pipeline_management.syncer import TableResult, TableSyncer
 from mariadb_server import MariaDBServer
-from monitoring import SyncStatus
-from pipeline_management import TableResult, TableSyncer
 
 if TYPE_CHECKING:
     from conftest import SyncEnv
@@ -30,7 +30,13 @@ COLUMNS_SQL = (
 
 _BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
 _GEOMETRY_TYPES = {
-    "geometry", "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon",
+    "geometry",
+    "point",
+    "linestring",
+    "polygon",
+    "multipoint",
+    "multilinestring",
+    "multipolygon",
     "geometrycollection",
 }
 
@@ -71,7 +77,9 @@ def kept_syncer(
         engines.dispose()
 
 
-def run_sync(env: SyncEnv, tables: Sequence[dict[str, Any]], target: MariaDBServer | None = None, **overrides: Any) -> SyncRun:
+def run_sync(
+    env: SyncEnv, tables: Sequence[dict[str, Any]], target: MariaDBServer | None = None, **overrides: Any
+) -> SyncRun:
     """One cycle over ``tables`` (tables.json entries) with the environment of ``env`` plus ``overrides``.
 
     ``target`` replaces the fixture's target server (same database name, created when missing).
@@ -118,7 +126,9 @@ def exact_select(server: MariaDBServer, database: str, table: str, columns: Sequ
     return "SELECT " + ", ".join(f"{exact_expression(n, types[n])} AS `{n}`" for n in names) + f" FROM `{table}`"
 
 
-def exact_rows(server: MariaDBServer, database: str, table: str, order_by: str, columns: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
+def exact_rows(
+    server: MariaDBServer, database: str, table: str, order_by: str, columns: Sequence[str] | None = None
+) -> list[tuple[Any, ...]]:
     """Every row of ``table`` as exact text, ordered by ``order_by``."""
     return server.query(exact_select(server, database, table, columns) + f" ORDER BY {order_by}", database)
 
@@ -128,11 +138,16 @@ def checksum(server: MariaDBServer, database: str, table: str, columns: Sequence
     inner = exact_select(server, database, table, columns)
     names = columns or [r[0] for r in column_types(server, database, table)]
     concat = ", ".join(f"IFNULL(`{n}`, '<null>')" for n in names)
-    row = server.query(f"SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS(0x1f, {concat}))), SUM(CRC32(CONCAT_WS(0x1f, {concat}))) FROM ({inner}) AS x", database)[0]
+    row = server.query(
+        f"SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS(0x1f, {concat}))), SUM(CRC32(CONCAT_WS(0x1f, {concat}))) FROM ({inner}) AS x",
+        database,
+    )[0]
     return tuple(row)
 
 
-def assert_same_table(env: SyncEnv, table: str, order_by: str, target: MariaDBServer | None = None, columns: Sequence[str] | None = None) -> None:
+def assert_same_table(
+    env: SyncEnv, table: str, order_by: str, target: MariaDBServer | None = None, columns: Sequence[str] | None = None
+) -> None:
     """Source and target rows are identical, value by value and by checksum."""
     tgt = target or env.target
     source_rows = exact_rows(env.source, env.source_db, table, order_by, columns)

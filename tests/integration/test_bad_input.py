@@ -70,7 +70,9 @@ def test_malformed_json(sync_env: SyncEnv) -> None:
     ],
     ids=["missing-primary-key", "empty-primary-key", "injected-identifier", "duplicate-table"],
 )
-def test_bad_tables_entry_is_rejected_before_any_sql(sync_env: SyncEnv, entry: dict[str, Any], fragments: list[str]) -> None:
+def test_bad_tables_entry_is_rejected_before_any_sql(
+    sync_env: SyncEnv, entry: dict[str, Any], fragments: list[str]
+) -> None:
     """Both databases point at a closed port: exit 2 with the entry's message proves no connection was tried."""
     path = sync_env.write_tables([GOOD, entry])
     result = run_daemon(closed_port_env(sync_env), "--once", cwd=sync_env.workdir)
@@ -138,7 +140,8 @@ def test_broken_tables_fail_alone_and_the_others_sync(sync_env: SyncEnv) -> None
     assert_identical(sync_env.source, sync_env.source_db, sync_env.target, sync_env.target_db, "film")
     for table in ("nokey", "otherkey", "nomod", "nokeycol"):  # nothing half-applied
         rows = sync_env.tgt_query(
-            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", (table,)
+            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (table,),
         )
         assert rows in ([], [(0,)]), (table, rows)
 

@@ -141,10 +141,10 @@ def test_two_cycles_with_every_kind_of_change(sync_env: SyncEnv, monkeypatch: py
 
 
 def _syncer(env: SyncEnv, **overrides: Any) -> Any:
-    import config
-    from database import create_engines
-    from monitoring import SyncStatus
-    from pipeline_management import TableSyncer
+    from dlt_db_sync.config import settings as config
+    from dlt_db_sync.database.engines import create_engines
+    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
     settings = config.load_settings(env.environ(**overrides), dotenv_path=None)
     engines = create_engines(settings)
@@ -239,7 +239,9 @@ def test_full_refresh_swap_is_never_empty_for_readers(sync_env: SyncEnv) -> None
 def test_failing_table_does_not_stop_the_others(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     sync_env.src(SCHEMA)
     sync_env.src("INSERT INTO countries VALUES ('ID', 'Indonesia')")
-    sync_env.write_tables([{"table": "missing_table", "primary_key": "id"}, {"table": "countries", "primary_key": "code"}])
+    sync_env.write_tables(
+        [{"table": "missing_table", "primary_key": "id"}, {"table": "countries", "primary_key": "code"}]
+    )
     assert run_once(sync_env, monkeypatch) == 1
     assert sync_env.tgt_query("SELECT name FROM countries") == [("Indonesia",)]
 
@@ -248,8 +250,13 @@ def test_check_prints_plan(sync_env: SyncEnv) -> None:
     sync_env.src(SCHEMA)
     sync_env.write_tables(TABLES[:4])
     env = {**os.environ, **sync_env.environ()}
-    proc = subprocess.run([sys.executable, str(ROOT / "source" / "db_pipeline.py"), "--check"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "source" / "db_pipeline.py"), "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "order_items" in proc.stdout and "order_id,line_no" in proc.stdout and "full_refresh" in proc.stdout
 
@@ -259,8 +266,14 @@ def test_daemon_cycles_and_stops_on_sigterm(sync_env: SyncEnv) -> None:
     sync_env.src("INSERT INTO countries VALUES ('ID', 'Indonesia')")
     sync_env.write_tables([{"table": "countries", "primary_key": "code"}])
     env = {**os.environ, **sync_env.environ(INTERVAL="1")}
-    proc = subprocess.Popen([sys.executable, "db_pipeline.py"], cwd=ROOT / "source", env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "db_pipeline.py"],
+        cwd=ROOT / "source",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 60
@@ -285,13 +298,21 @@ def test_source_entry_point_runs_from_project_root(tmp_path: Path) -> None:
     bad = tmp_path / "tables.json"
     bad.write_text("[{]")
     env = {**os.environ, "SOURCE_DB_NAME": "s", "TARGET_DB_NAME": "t", "TABLES_FILE": str(bad)}
-    proc = subprocess.run([sys.executable, "source/db_pipeline.py", "--once"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "source/db_pipeline.py", "--once"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "line 1" in proc.stderr
 
 
-def test_writer_without_temporary_tables_uses_regular_staging(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_without_temporary_tables_uses_regular_staging(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """TRD 7.1.1's writer grants lack CREATE TEMPORARY TABLES: upserts still work and leave nothing behind."""
     sync_env.target.execute(
         f"CREATE OR REPLACE USER 'tw'@'127.0.0.1' IDENTIFIED BY 'pw'; "

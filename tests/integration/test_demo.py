@@ -14,8 +14,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_syncs_every_demo_table_once() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "demo.py"), "--once"], cwd=ROOT,
-                          env={**os.environ, "HEALTH_PORT": "0"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "demo.py"), "--once"],
+        cwd=ROOT,
+        env={**os.environ, "HEALTH_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "6 table(s) synced, 0 failed" in output
@@ -26,9 +32,14 @@ def test_demo_stops_daemon_and_servers_on_ctrl_c() -> None:
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "demo.py")], cwd=ROOT,
-                            env={**os.environ, "HEALTH_PORT": "0", "INTERVAL": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "demo.py")],
+        cwd=ROOT,
+        env={**os.environ, "HEALTH_PORT": "0", "INTERVAL": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         assert proc.stdout is not None

@@ -15,17 +15,17 @@ import pytest
 from fidelity_helpers import run_sync
 
 from conftest import ROOT, SyncEnv
-from dialect import Dialect
 from dialect_fixtures import FIXTURES, MYSQL57, MYSQL80, MYSQL84, fixture_statements
-from sync_state import STATE_TABLE, ensure_state_table, mark_done, mark_pending, read_state
+from dlt_db_sync.database.dialect import Dialect
+from dlt_db_sync.database.sync_state import STATE_TABLE, ensure_state_table, mark_done, mark_pending, read_state
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def target_engine(sync_env: SyncEnv) -> Iterator[Any]:
-    import config
-    from database import create_engine
+    from dlt_db_sync.config import settings as config
+    from dlt_db_sync.database.engines import create_engine
 
     settings = config.load_settings(sync_env.environ(), dotenv_path=None)
     engine = create_engine(settings.target, settings)
@@ -43,18 +43,23 @@ def test_check_and_health_show_each_server(sync_env: SyncEnv) -> None:
     import os
 
     env = {**os.environ, **sync_env.environ()}
-    proc = subprocess.run([sys.executable, str(ROOT / "source" / "db_pipeline.py"), "--check"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "source" / "db_pipeline.py"), "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     for role, server in (("source", sync_env.source), ("target", sync_env.target)):
         dialect = server_dialect(server)
         line = next(line for line in proc.stdout.splitlines() if line.startswith(f"{role} server: "))
         assert dialect.label in line and "sql_mode=" in line and "local_infile=" in line, line
 
-    from monitoring import health_report
+    from dlt_db_sync.monitoring.status import health_report
 
     run = run_sync(sync_env, [{"table": "t", "primary_key": "id"}])
-    import config
+    from dlt_db_sync.config import settings as config
 
     settings = config.load_settings(sync_env.environ(), dotenv_path=None)
     _code, body = health_report(settings, run.status.snapshot(), {}, {})
@@ -68,8 +73,8 @@ def test_check_and_health_show_each_server(sync_env: SyncEnv) -> None:
 
 def test_translated_fixture_ddl_runs_on_the_target(sync_env: SyncEnv) -> None:
     """Sakila as MySQL 8.0 prints it, and both every-type tables, translated for this target, execute."""
-    from ddl_translation import translate_create_table
-    from schema_management import target_create_sql
+    from dlt_db_sync.schema_management.ddl_translation import translate_create_table
+    from dlt_db_sync.schema_management.tables import target_create_sql
 
     target = server_dialect(sync_env.target)
     created = []
@@ -97,7 +102,12 @@ def test_upserts_limits_and_sql_mode_statements_run(sync_env: SyncEnv, target_en
         mark_done(conn, "t", 5, "2024-02-02")
         mark_pending(conn, "t", "2024-03-03")
         state = read_state(conn, "t")
-    assert state is not None and state.pending and state.pending_from == "2024-03-03" and state.last_watermark == "2024-02-02"
+    assert (
+        state is not None
+        and state.pending
+        and state.pending_from == "2024-03-03"
+        and state.last_watermark == "2024-02-02"
+    )
     assert sync_env.tgt_query(f"SELECT last_rows FROM {STATE_TABLE}") == [(5,)]
 
     conn = sync_env.target.connect(sync_env.target_db)
@@ -141,7 +151,9 @@ def test_other_versions_forms_run_wherever_they_can(sync_env: SyncEnv) -> None:
             cur.execute("INSERT INTO w VALUES (1, 100), (3, 300)")
             cur.execute(MYSQL84.upsert_select("u", ["k", "v"], ["k", "v"], "`w`", ["v"]))
             cur.execute("SET SESSION sql_mode='STRICT_ALL_TABLES,NO_ZERO_DATE'")
-            for statement in MYSQL57.with_sql_mode("", "UPDATE `u` SET e = '' WHERE k = 2", "STRICT_ALL_TABLES,NO_ZERO_DATE"):
+            for statement in MYSQL57.with_sql_mode(
+                "", "UPDATE `u` SET e = '' WHERE k = 2", "STRICT_ALL_TABLES,NO_ZERO_DATE"
+            ):
                 cur.execute(statement)
             cur.execute("SELECT @@SESSION.sql_mode")
             assert cur.fetchone()[0] == "STRICT_ALL_TABLES,NO_ZERO_DATE"

@@ -80,8 +80,9 @@ def test_kill9_target_mid_load_then_converge(sync_env: SyncEnv, crash_target: Ma
     create_big_table(sync_env.source, sync_env.source_db, "big", BIG_ROWS)
     crash_target.execute("CREATE DATABASE crashdb")
     sync_env.write_tables([BIG])
-    env = sync_env.environ(TARGET_DB_PORT=crash_target.port, TARGET_DB_NAME="crashdb", CHUNK_SIZE=20000,
-                           TARGET_DB_CONNECT_TIMEOUT=2)
+    env = sync_env.environ(
+        TARGET_DB_PORT=crash_target.port, TARGET_DB_NAME="crashdb", CHUNK_SIZE=20000, TARGET_DB_CONNECT_TIMEOUT=2
+    )
     daemon = start_daemon(env, "--once", cwd=sync_env.workdir)
     try:
         loaded = wait_for(lambda: target_count(crash_target, "crashdb", "big"), 60, "the first chunks to commit", 0.02)
@@ -153,7 +154,9 @@ def test_silent_host_fails_within_the_connect_timeout(sync_env: SyncEnv) -> None
 def test_locked_rows_are_retried_until_released(sync_env: SyncEnv) -> None:
     entries = small_tables(sync_env, 1, rows=1000)
     sync_env.write_tables(entries)
-    env = sync_env.environ(LOCK_WAIT_TIMEOUT=1, LOCK_TIMEOUT_BASE_DELAY=0.3, LOCK_TIMEOUT_MAX_DELAY=1, LOCK_TIMEOUT_RETRIES=8)
+    env = sync_env.environ(
+        LOCK_WAIT_TIMEOUT=1, LOCK_TIMEOUT_BASE_DELAY=0.3, LOCK_TIMEOUT_MAX_DELAY=1, LOCK_TIMEOUT_RETRIES=8
+    )
     assert run_daemon(env, "--once", cwd=sync_env.workdir).returncode == 0
     sync_env.src("UPDATE t0 SET v = CONCAT(v, '!'), updated_at = updated_at + INTERVAL 1 DAY WHERE id <= 100")
     with row_locks_held(sync_env.target, sync_env.target_db, "SELECT * FROM t0 WHERE id <= 100 FOR UPDATE") as locker:
@@ -175,7 +178,9 @@ def test_deadlock_victim_is_retried(sync_env: SyncEnv) -> None:
     which has changed many more rows (so InnoDB picks the daemon as the victim), then asks for row 1."""
     entries = small_tables(sync_env, 1, rows=50)
     sync_env.write_tables(entries)
-    env = sync_env.environ(LOCK_WAIT_TIMEOUT=30, LOCK_TIMEOUT_BASE_DELAY=0.3, LOCK_TIMEOUT_MAX_DELAY=1, LOCK_TIMEOUT_RETRIES=5)
+    env = sync_env.environ(
+        LOCK_WAIT_TIMEOUT=30, LOCK_TIMEOUT_BASE_DELAY=0.3, LOCK_TIMEOUT_MAX_DELAY=1, LOCK_TIMEOUT_RETRIES=5
+    )
     assert run_daemon(env, "--once", cwd=sync_env.workdir).returncode == 0
     sync_env.tgt("CREATE TABLE heavy (id INT PRIMARY KEY, v INT); INSERT INTO heavy SELECT seq, 0 FROM seq_1_to_20000")
     sync_env.src("UPDATE t0 SET v = CONCAT(v, '!'), updated_at = updated_at + INTERVAL 1 DAY")
@@ -262,8 +267,9 @@ def test_unusable_staging_directory_fails_that_table_only(sync_env: SyncEnv, fau
         result = run_daemon(sync_env.environ(FILE_STAGING_DIR=staging), "--once", cwd=sync_env.workdir)
     else:
         staging = sync_env.workdir / "staging"
-        proc = start_daemon(sync_env.environ(FILE_STAGING_DIR=staging), "--once", cwd=sync_env.workdir,
-                            preexec_fn=_limit_file_size)
+        proc = start_daemon(
+            sync_env.environ(FILE_STAGING_DIR=staging), "--once", cwd=sync_env.workdir, preexec_fn=_limit_file_size
+        )
         out, _ = proc.communicate(timeout=120)
         result = subprocess.CompletedProcess(proc.args, proc.returncode, out)
     assert result.returncode == 1, result.stdout
@@ -298,7 +304,9 @@ def test_corrupt_state_causes_no_gap(sync_env: SyncEnv) -> None:
     assert first.returncode == 0, first.stdout
     assert f"big: incremental, {rows} rows" in first.stdout
     # The five newest rows change (the newest one carries the old watermark).
-    sync_env.src(f"UPDATE big SET name = CONCAT(name, '*'), updated_at = '2030-01-01' + INTERVAL id SECOND WHERE id > {rows - 5}")
+    sync_env.src(
+        f"UPDATE big SET name = CONCAT(name, '*'), updated_at = '2030-01-01' + INTERVAL id SECOND WHERE id > {rows - 5}"
+    )
     second = run_daemon(env, "--once", cwd=sync_env.workdir)
     assert second.returncode == 0, second.stdout
     assert "big: incremental, 5 rows" in second.stdout, second.stdout

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, ServerFactory, SyncEnv
+from log_lines import logged_line
 from mariadb_server import MariaDBServer
 from table_checks import assert_identical
 
@@ -87,14 +88,16 @@ def staged_files(env: SyncEnv, table: str = "orders") -> list[Path]:
 
 
 def state(env: SyncEnv, table: str = "orders") -> tuple[Any, ...]:
-    return env.tgt_query("SELECT pending, pending_from, last_watermark FROM _dlt_sync_state WHERE table_name = %s", (table,))[0]
+    return env.tgt_query(
+        "SELECT pending, pending_from, last_watermark FROM _dlt_sync_state WHERE table_name = %s", (table,)
+    )[0]
 
 
 def syncer_for(env: SyncEnv, **overrides: Any) -> Any:
-    import config
-    from database import create_engines
-    from monitoring import SyncStatus
-    from pipeline_management import TableSyncer
+    from dlt_db_sync.config import settings as config
+    from dlt_db_sync.database.engines import create_engines
+    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
     settings = config.load_settings(env.environ(**overrides), dotenv_path=None)
     syncer = TableSyncer(create_engines(settings), settings, SyncStatus(), threading.Event())
@@ -102,16 +105,19 @@ def syncer_for(env: SyncEnv, **overrides: Any) -> Any:
     return syncer, config.load_tables(settings.tables_file)
 
 
-def test_full_and_incremental_cycles_leave_identical_tables(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_full_and_incremental_cycles_leave_identical_tables(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     sync_env.src(SCHEMA)
     sync_env.src(DATA)
     sync_env.write_tables(TABLES)
     caplog.set_level(logging.INFO, logger="dlt_sync")
     assert run_once(sync_env, monkeypatch, **staging_overrides(sync_env, FILE_STAGING_COMPRESSION="zstd")) == 0
     identical(sync_env, "orders", "order_items", "grants", "countries")
-    summary = "\n".join(r.getMessage() for r in caplog.records if "TABLE_SYNC" in r.getMessage())
-    assert "orders: incremental, 20000 rows" in summary and "mode file_staging/" in summary and "via LOAD DATA" in summary
+    summary = "\n".join(logged_line(r) for r in caplog.records if "TABLE_SYNC" in logged_line(r))
+    assert (
+        "orders: incremental, 20000 rows" in summary and "mode file_staging/" in summary and "via LOAD DATA" in summary
+    )
     assert "countries: full_refresh, 3 rows" in summary and "mode direct/" in summary  # per-table override
     staging = sync_env.workdir / "staging"
     assert (staging / "orders").is_dir() and not (staging / "countries").exists()
@@ -143,7 +149,7 @@ def _crash_script(env: SyncEnv, crash: str) -> str:
         f"""
         import os, signal, sys, threading
         sys.path.insert(0, {str(ROOT / "source")!r})
-        import target_loader
+        from dlt_db_sync.data_processing import loader as target_loader
         original = target_loader.TargetLoader._apply_chunk
         committed = []
 
@@ -167,8 +173,14 @@ def _crash_script(env: SyncEnv, crash: str) -> str:
 
 def _crash(env: SyncEnv, crash: str) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, **env.environ(**staging_overrides(env)), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-c", _crash_script(env, crash)], env=environ, cwd=env.workdir,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-c", _crash_script(env, crash)],
+        env=environ,
+        cwd=env.workdir,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def _spread_update(env: SyncEnv) -> None:
@@ -177,8 +189,10 @@ def _spread_update(env: SyncEnv) -> None:
     A load that committed the newest rows and crashed would, without the pending bound, make the
     next cycle start at ``max - lookback`` and miss the older half.
     """
-    env.src("UPDATE orders SET note = CONCAT('v2 ', id), updated_at = '2025-01-01 00:00:00' + INTERVAL (20000 - id) SECOND "
-            "WHERE id <= 10000")
+    env.src(
+        "UPDATE orders SET note = CONCAT('v2 ', id), updated_at = '2025-01-01 00:00:00' + INTERVAL (20000 - id) SECOND "
+        "WHERE id <= 10000"
+    )
 
 
 @pytest.mark.parametrize("crash", ["before-load", "mid-load"])
@@ -257,7 +271,9 @@ def no_infile_env(server_factory: ServerFactory, source_server: MariaDBServer, t
     target.destroy()
 
 
-def test_target_refusing_local_infile_loads_with_inserts(no_infile_env: SyncEnv, caplog: pytest.LogCaptureFixture) -> None:
+def test_target_refusing_local_infile_loads_with_inserts(
+    no_infile_env: SyncEnv, caplog: pytest.LogCaptureFixture
+) -> None:
     env = no_infile_env
     assert env.target.scalar("SELECT @@GLOBAL.local_infile") == 0
     env.src(SCHEMA)
@@ -274,7 +290,7 @@ def test_target_refusing_local_infile_loads_with_inserts(no_infile_env: SyncEnv,
     finally:
         syncer.engines.dispose()
     identical(env, "orders", "order_items", "grants")
-    messages = [r.getMessage() for r in caplog.records]
+    messages = [logged_line(r) for r in caplog.records]
     assert any("refuses LOCAL INFILE" in m and "multi-row INSERT" in m for m in messages), messages
     assert any("orders: incremental, 2" in m and "via INSERT" in m for m in messages), messages
 
@@ -310,16 +326,19 @@ def test_idle_cycles_skip_schema_checks_until_a_definition_changes(sync_env: Syn
     finally:
         syncer.engines.dispose()
     identical(sync_env, "orders", "order_items", "grants", "countries")
-    indexes = sync_env.tgt_query("SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
-                                 "AND TABLE_NAME = 'order_items' AND COLUMN_NAME = 'updated_at' AND SEQ_IN_INDEX = 1")
+    indexes = sync_env.tgt_query(
+        "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+        "AND TABLE_NAME = 'order_items' AND COLUMN_NAME = 'updated_at' AND SEQ_IN_INDEX = 1"
+    )
     assert indexes == [(1,)]
 
 
-def test_large_direct_extractions_stay_bounded_pages_or_stream(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_large_direct_extractions_stay_bounded_pages_or_stream(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Direct mode reads a large extraction in pages by an integer key (exact at the top of BIGINT
     UNSIGNED, with gaps), or streams it through pyarrow when the key is not a single integer."""
-    import extraction
+    from dlt_db_sync.data_processing import extraction
 
     sync_env.src(
         """
@@ -331,8 +350,12 @@ def test_large_direct_extractions_stay_bounded_pages_or_stream(sync_env: SyncEnv
         INSERT INTO pairs SELECT x.seq, y.seq, x.seq * y.seq, '2024-01-01' FROM seq_1_to_100 x, seq_1_to_60 y;
         """
     )
-    sync_env.write_tables([{"table": "huge_ids", "primary_key": "id", "modifier": "updated_at"},
-                           {"table": "pairs", "primary_key": ["a", "b"], "modifier": "updated_at"}])
+    sync_env.write_tables(
+        [
+            {"table": "huge_ids", "primary_key": "id", "modifier": "updated_at"},
+            {"table": "pairs", "primary_key": ["a", "b"], "modifier": "updated_at"},
+        ]
+    )
     pages: list[Any] = []
     original = extraction.build_query
 

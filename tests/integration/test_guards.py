@@ -12,6 +12,7 @@ import pytest
 import test_verification
 
 from conftest import SyncEnv
+from log_lines import logged_line
 from table_checks import assert_identical
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ def target_digest(env: SyncEnv, table: str = "t") -> list[tuple[Any, ...]]:
 
 
 def health_of(syncer: Any) -> dict[str, Any]:
-    from monitoring import health_report
+    from dlt_db_sync.monitoring.status import health_report
 
     return health_report(syncer.settings, syncer.status.snapshot(), {}, {})[1]
 
@@ -46,7 +47,7 @@ def health_of(syncer: Any) -> dict[str, Any]:
 def test_emptied_source_is_refused_until_allowed(sync_env: SyncEnv, make_syncer: Any, strategy: str) -> None:
     from dataclasses import replace
 
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
 
     create_items(sync_env)
     if strategy == "reconcile":
@@ -74,15 +75,19 @@ def test_emptied_source_is_refused_until_allowed(sync_env: SyncEnv, make_syncer:
     assert sync_env.tgt_query("SELECT COUNT(*) FROM t")[0][0] == 0
 
 
-def test_emptied_source_fails_once_with_exit_1(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+def test_emptied_source_fails_once_with_exit_1(
+    sync_env: SyncEnv,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     create_items(sync_env)
     sync_env.write_tables([{"table": "t", "primary_key": "id", "modifier": "updated_at", "deletes": "reconcile"}])
     assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 0
     sync_env.src("DELETE FROM t")
     with caplog.at_level(logging.ERROR):
         assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 1
-    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    refusals = [logged_line(r) for r in caplog.records if "refused" in logged_line(r)]
     assert refusals and "allow_empty_source" in refusals[0], refusals
     assert sync_env.tgt_query("SELECT COUNT(*) FROM t")[0][0] == 20
 
@@ -90,7 +95,7 @@ def test_emptied_source_fails_once_with_exit_1(sync_env: SyncEnv, monkeypatch: p
 def test_delete_ratio_guards_reconcile_until_raised(sync_env: SyncEnv, make_syncer: Any) -> None:
     from dataclasses import replace
 
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
 
     create_items(sync_env)
     spec = TableSpec("t", ("id",), modifier="updated_at", deletes="reconcile")
@@ -110,7 +115,7 @@ def test_delete_ratio_guards_reconcile_until_raised(sync_env: SyncEnv, make_sync
 
 
 def test_shadow_swap_refused_when_it_would_remove_most_rows(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
 
     create_items(sync_env)
     spec = TableSpec("t", ("id",), sync_strategy="full_refresh")
@@ -127,9 +132,9 @@ def test_shadow_swap_refused_when_it_would_remove_most_rows(sync_env: SyncEnv, m
 
 
 def test_repair_by_chunks_guarded(sync_env: SyncEnv, make_syncer: Any, small_chunks: None) -> None:
-    from config import TableSpec
-    from delete_guard import MassDeleteRefused
-    from verification import refresh_by_chunks
+    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused
+    from dlt_db_sync.verification.verifier import refresh_by_chunks
 
     create_items(sync_env, rows=100)
     spec = TableSpec("t", ("id",), sync_strategy="full_refresh")
@@ -142,8 +147,9 @@ def test_repair_by_chunks_guarded(sync_env: SyncEnv, make_syncer: Any, small_chu
     assert target_digest(sync_env) == before
 
 
-def test_verify_repair_guarded(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_repair_guarded(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     create_items(sync_env)
     sync_env.write_tables([{"table": "t", "primary_key": "id", "modifier": "updated_at"}])
     assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 0
@@ -157,13 +163,16 @@ def test_verify_repair_guarded(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatc
 
 
 # --------------------------------------------------------------------------- --print
-def test_print_lists_differences_and_changes_nothing(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_print_lists_differences_and_changes_nothing(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     create_items(sync_env)
     sync_env.write_tables([{"table": "t", "primary_key": "id", "modifier": "updated_at"}])
     assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 0
-    sync_env.tgt("UPDATE t SET v = 'edited' WHERE id = 7; DELETE FROM t WHERE id = 3;"
-                 f"INSERT INTO t VALUES (99, 'stray', '{OLD}')")
+    sync_env.tgt(
+        "UPDATE t SET v = 'edited' WHERE id = 7; DELETE FROM t WHERE id = 3;"
+        f"INSERT INTO t VALUES (99, 'stray', '{OLD}')"
+    )
     before = target_digest(sync_env)
     code, out = run_main(sync_env, monkeypatch, capsys, "--verify", "--repair", "--print")
     assert code == 1, out
@@ -188,9 +197,10 @@ def test_print_requires_verify(capsys: pytest.CaptureFixture[str]) -> None:
 
 # --------------------------------------------------------------------------- watermark cap
 @pytest.mark.parametrize("kind", ["DATETIME", "TIMESTAMP(6)", "DATE"])
-def test_future_modifier_does_not_hide_present_rows(sync_env: SyncEnv, make_syncer: Any, kind: str,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
-    from config import TableSpec
+def test_future_modifier_does_not_hide_present_rows(
+    sync_env: SyncEnv, make_syncer: Any, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dlt_db_sync.config.settings import TableSpec
 
     now = "CURDATE()" if kind == "DATE" else "NOW()"
     future = "2037-12-31" if kind.startswith("TIMESTAMP") else "2099-01-01"  # TIMESTAMP ends in 2038
@@ -209,7 +219,7 @@ def test_future_modifier_does_not_hide_present_rows(sync_env: SyncEnv, make_sync
         syncer.sync(spec)
     assert sync_env.tgt_query("SELECT v FROM t WHERE id IN (1, 2) ORDER BY id") == [("placeholder",), ("now",)]
     assert syncer.table_status("t").future_modifier_rows == 1
-    warnings = [r.getMessage() for r in caplog.records if "beyond the source clock" in r.getMessage()]
+    warnings = [logged_line(r) for r in caplog.records if "beyond the source clock" in logged_line(r)]
     assert len(warnings) == 1, warnings  # once per cycle
     assert health_of(syncer)["tables"]["t"]["future_modifier_rows"] == 1
     sync_env.src(f"UPDATE t SET updated_at = {now} WHERE id = 1")  # the placeholder corrected
@@ -218,10 +228,12 @@ def test_future_modifier_does_not_hide_present_rows(sync_env: SyncEnv, make_sync
 
 
 def test_integer_modifier_is_not_capped(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
 
-    sync_env.src("CREATE TABLE t (id INT PRIMARY KEY, version BIGINT NOT NULL, KEY (version));"
-                 "INSERT INTO t VALUES (1, 1), (2, 2)")
+    sync_env.src(
+        "CREATE TABLE t (id INT PRIMARY KEY, version BIGINT NOT NULL, KEY (version));"
+        "INSERT INTO t VALUES (1, 1), (2, 2)"
+    )
     spec = TableSpec("t", ("id",), modifier="version")
     syncer = make_syncer([spec])
     syncer.sync(spec)
@@ -238,10 +250,10 @@ def _blocked_select(env: SyncEnv, kill: Any, **overrides: Any) -> tuple[list[int
     interrupts it. Returns (connection ids of the attempts, result or the error raised)."""
     from fault_helpers import row_locks_held
 
-    from config import load_settings
-    from database import create_engines
-    from error_handling import call_with_retries, retry_kwargs
-    from watchdog import track_engines
+    from dlt_db_sync.config.settings import load_settings
+    from dlt_db_sync.database.engines import create_engines
+    from dlt_db_sync.error_handling.errors import call_with_retries, retry_kwargs
+    from dlt_db_sync.monitoring.watchdogs import track_engines
 
     env.src("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)")
     settings = load_settings(env.environ(LOCK_TIMEOUT_BASE_DELAY="0.1", **overrides), dotenv_path=None)
@@ -259,8 +271,9 @@ def _blocked_select(env: SyncEnv, kill: Any, **overrides: Any) -> tuple[list[int
     def killer() -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if attempts and "FOR UPDATE" in str(env.source.query(
-                    "SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = %s", args=(attempts[0],))):
+            if attempts and "FOR UPDATE" in str(
+                env.source.query("SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = %s", args=(attempts[0],))
+            ):
                 kill(attempts[0], own, settings, engines)
                 return
             time.sleep(0.05)
@@ -270,8 +283,9 @@ def _blocked_select(env: SyncEnv, kill: Any, **overrides: Any) -> tuple[list[int
         with row_locks_held(env.source, env.source_db, "SELECT id FROM t WHERE id = 1 FOR UPDATE"):
             thread.start()
             try:
-                outcome: Any = call_with_retries(work, what="blocked select", stop_event=threading.Event(),
-                                                 **retry_kwargs(settings))
+                outcome: Any = call_with_retries(
+                    work, what="blocked select", stop_event=threading.Event(), **retry_kwargs(settings)
+                )
             except Exception as exc:  # noqa: BLE001 - the outcome under test
                 outcome = exc
             thread.join(timeout=10)
@@ -289,9 +303,9 @@ def test_1317_from_another_session_is_retried(sync_env: SyncEnv) -> None:
 
 
 def test_1317_from_our_watchdog_is_not_retried(sync_env: SyncEnv) -> None:
-    from error_handling import DatabaseError
-    from monitoring import SyncStatus
-    from watchdog import Watchdog
+    from dlt_db_sync.error_handling.errors import DatabaseError
+    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.monitoring.watchdogs import Watchdog
 
     def watchdog_kill(connection_id: int, own: Any, settings: Any, engines: Any) -> None:
         watchdog = Watchdog(settings, SyncStatus(), lambda: engines, own, threading.Event())
@@ -306,8 +320,9 @@ def test_1317_from_our_watchdog_is_not_retried(sync_env: SyncEnv) -> None:
 
 
 # --------------------------------------------------------------------------- collation-equal keys
-def test_collation_equal_keys_converge_in_one_repair(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_collation_equal_keys_converge_in_one_repair(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     sync_env.src(
         "CREATE TABLE c (code VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NOT NULL, "
         "region CHAR(2) CHARACTER SET latin1 NOT NULL, v INT NOT NULL, PRIMARY KEY (code, region));"
@@ -316,8 +331,10 @@ def test_collation_equal_keys_converge_in_one_repair(sync_env: SyncEnv, monkeypa
     )
     sync_env.write_tables([{"table": "c", "primary_key": ["code", "region"]}])
     assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 0
-    sync_env.tgt("UPDATE c SET code = 'A' WHERE code = 'a'; UPDATE c SET region = 'FR' WHERE code = 'b';"
-                 "UPDATE c SET code = 'Ü' WHERE v = 3")
+    sync_env.tgt(
+        "UPDATE c SET code = 'A' WHERE code = 'a'; UPDATE c SET region = 'FR' WHERE code = 'b';"
+        "UPDATE c SET code = 'Ü' WHERE v = 3"
+    )
     code, out = run_main(sync_env, monkeypatch, capsys, "--verify", "--repair")
     assert code == 0, out
     rows = sync_env.tgt_query("SELECT BINARY code, BINARY region, v FROM c WHERE v < 10 ORDER BY v")
@@ -326,7 +343,7 @@ def test_collation_equal_keys_converge_in_one_repair(sync_env: SyncEnv, monkeypa
 
 # --------------------------------------------------------------------------- NULL modifiers
 def test_null_modifier_rows_inserted_updated_deleted_arrive(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
 
     sync_env.src(
         "CREATE TABLE n (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, updated_at DATETIME NULL, KEY (updated_at));"
@@ -336,8 +353,10 @@ def test_null_modifier_rows_inserted_updated_deleted_arrive(sync_env: SyncEnv, m
     syncer = make_syncer([spec])
     syncer.sync(spec)
     assert syncer.sync(spec).skipped  # idle: the NULL rows' fingerprints match
-    sync_env.src("INSERT INTO n VALUES (100, 'new null', NULL); UPDATE n SET v = 'changed' WHERE id = 3;"
-                 "DELETE FROM n WHERE id = 5")
+    sync_env.src(
+        "INSERT INTO n VALUES (100, 'new null', NULL); UPDATE n SET v = 'changed' WHERE id = 3;"
+        "DELETE FROM n WHERE id = 5"
+    )
     result = syncer.sync(spec)
     assert result.rows == 2 and result.details["rows_deleted"] == 1, result
     assert_identical(sync_env.source, sync_env.source_db, sync_env.target, sync_env.target_db, "n")
@@ -352,8 +371,8 @@ def _rnd_next(server: Any) -> int:
 
 
 def test_idle_cycle_over_null_modifier_rows_scans_no_table(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from change_detection import null_modifier_sql
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.pipeline_management.change_detection import null_modifier_sql
 
     sync_env.src(
         "CREATE TABLE big (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, updated_at DATETIME NULL, KEY ix_mod (updated_at));"
@@ -371,8 +390,10 @@ def test_idle_cycle_over_null_modifier_rows_scans_no_table(sync_env: SyncEnv, ma
     assert after[0] - before[0] < 5_000 and after[1] - before[1] < 5_000, (before, after)
     for server, db in ((sync_env.source, sync_env.source_db), (sync_env.target, sync_env.target_db)):
         with server.connect(db) as conn, conn.cursor() as cur:
-            cur.execute("SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
-                        "AND TABLE_NAME = 'big' AND COLUMN_NAME = 'updated_at' AND SEQ_IN_INDEX = 1")
+            cur.execute(
+                "SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                "AND TABLE_NAME = 'big' AND COLUMN_NAME = 'updated_at' AND SEQ_IN_INDEX = 1"
+            )
             index = cur.fetchone()[0]
             cur.execute("EXPLAIN " + null_modifier_sql("big", "updated_at", "COUNT(*), BIT_XOR(CRC32(v))", index))
             columns = [d[0] for d in cur.description]

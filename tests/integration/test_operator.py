@@ -246,8 +246,9 @@ def closed_port() -> int:
 def test_verify_fails_fast_on_a_refused_port(sync_env: SyncEnv, role: str) -> None:
     sync_env.write_tables([{"table": "t", "primary_key": "id"}])
     started = time.monotonic()
-    result = run_daemon(sync_env.environ(**{f"{role}_DB_PORT": closed_port()}), "--verify", cwd=sync_env.workdir,
-                        timeout=60)
+    result = run_daemon(
+        sync_env.environ(**{f"{role}_DB_PORT": closed_port()}), "--verify", cwd=sync_env.workdir, timeout=60
+    )
     assert result.returncode == 1, result.stdout
     assert time.monotonic() - started < 30
     assert f"cannot connect to the {role.lower()} database" in result.stdout
@@ -285,8 +286,13 @@ def test_sighup_reloads_tables_between_cycles(sync_env: SyncEnv) -> None:
         tables_file.write_text(json.dumps([entries["beta"], entries["gamma"]]))
         out.proc.send_signal(signal.SIGHUP)
         assert out.wait_for(r"RELOAD - .*added: gamma; removed \(target tables left as they are\): alpha"), out.text()
-        assert wait_until(lambda: sync_env.tgt_query("SELECT COUNT(*) FROM gamma")[0][0] == 20
-                          if sync_env.tgt_query("SHOW TABLES LIKE 'gamma'") else False), out.text()
+        assert wait_until(
+            lambda: (
+                sync_env.tgt_query("SELECT COUNT(*) FROM gamma")[0][0] == 20
+                if sync_env.tgt_query("SHOW TABLES LIKE 'gamma'")
+                else False
+            )
+        ), out.text()
         assert set(health(port)["tables"]) == {"beta", "gamma"}
         cycles = out.count(r"SYNC_ENGINE - CYCLE - cycle \d+")
         sync_env.src("UPDATE alpha SET v = 'late', updated_at = '2030-01-01' WHERE id = 1")

@@ -15,6 +15,7 @@ import pytest
 from fidelity_helpers import assert_same_table, exact_rows, run_sync
 
 from conftest import SyncEnv
+from log_lines import logged_line
 from mariadb_server import MariaDBServer
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,9 @@ def _tables(policy: str | None = None) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("mode", ["direct", "file_staging"])
-def test_default_policy_fails_the_table_and_alters_nothing(dates_env: SyncEnv, no_zero_target: MariaDBServer, mode: str) -> None:
+def test_default_policy_fails_the_table_and_alters_nothing(
+    dates_env: SyncEnv, no_zero_target: MariaDBServer, mode: str
+) -> None:
     env = dates_env
     run = run_sync(env, _tables(), target=no_zero_target, PIPELINE_MODE=mode, TARGET_SQL_MODE=STRICT_NO_ZERO)
     for table in ("zero_dates", "zero_full"):
@@ -121,7 +124,7 @@ def test_null_policy_sets_only_the_offending_values_to_null(
             ("5", None, None, 1, _hex("nulls and zero")),
         ]
         for column, n in expected.items():
-            lines = [r.getMessage() for r in caplog.records if f"SANITIZE - {table}.{column}:" in r.getMessage()]
+            lines = [logged_line(r) for r in caplog.records if f"SANITIZE - {table}.{column}:" in logged_line(r)]
             assert len(lines) == 1, lines
             assert lines[0].startswith(f"DATA_PROCESSING - SANITIZE - {table}.{column}: {n} value(s) set to NULL (")
             assert "NO_ZERO" in lines[0]
@@ -146,7 +149,11 @@ def test_null_policy_cannot_apply_to_a_not_null_column(dates_env: SyncEnv, no_ze
         "ALTER TABLE zero_dates MODIFY da DATE NOT NULL"
     )
     run = run_sync(
-        env, _tables(), target=no_zero_target, SANITIZE_POLICY="null", TARGET_SQL_MODE=STRICT_NO_ZERO,
+        env,
+        _tables(),
+        target=no_zero_target,
+        SANITIZE_POLICY="null",
+        TARGET_SQL_MODE=STRICT_NO_ZERO,
     )
     result = run.result("zero_dates")
     assert not result.ok and result.category == "data_errors"
@@ -160,37 +167,51 @@ def test_null_policy_alters_nothing_when_the_target_accepts_zero_dates(sync_env:
     """The policy only applies to values the target cannot store: the default target mode takes them all."""
     env = sync_env
     env.src(DATES_DDL.format(name="zero_dates"))
-    env.src("SET SESSION sql_mode = ''; SET SESSION time_zone = '+00:00'; " + "; ".join(
-        "INSERT INTO zero_dates VALUES ({})".format(", ".join("NULL" if v is None else repr(v) for v in row))
-        for row in DATES_ROWS
-    ))
+    env.src(
+        "SET SESSION sql_mode = ''; SET SESSION time_zone = '+00:00'; "
+        + "; ".join(
+            "INSERT INTO zero_dates VALUES ({})".format(", ".join("NULL" if v is None else repr(v) for v in row))
+            for row in DATES_ROWS
+        )
+    )
     run = run_sync(env, [{"table": "zero_dates", "primary_key": "id", "sanitize": "null"}])
     assert run.result("zero_dates").ok and run.result("zero_dates").sanitized == {}
     assert_same_table(env, "zero_dates", "id")
 
 
 @pytest.mark.parametrize("policy", ["error", "null"])
-def test_repair_by_chunks_applies_the_table_policy(dates_env: SyncEnv, no_zero_target: MariaDBServer, policy: str) -> None:
+def test_repair_by_chunks_applies_the_table_policy(
+    dates_env: SyncEnv, no_zero_target: MariaDBServer, policy: str
+) -> None:
     """Rows re-copied by a chunked repair (full refresh, --verify --repair) go through the same policy."""
     import threading
 
-    import config
-    from database import create_engines
-    from error_handling import DataError
-    from schema_management import describe_table
-    from verification import copy_rows
+    from dlt_db_sync.config import settings as config
+    from dlt_db_sync.database.engines import create_engines
+    from dlt_db_sync.error_handling.errors import DataError
+    from dlt_db_sync.schema_management.tables import describe_table
+    from dlt_db_sync.verification.verifier import copy_rows
 
     env = dates_env
     assert run_sync(env, _tables("null"), target=no_zero_target, TARGET_SQL_MODE=STRICT_NO_ZERO).result("zero_full").ok
     no_zero_target.execute("UPDATE zero_full SET note = 'drifted' WHERE id IN (1, 2)", env.target_db)
-    environ = env.environ(TARGET_SQL_MODE=STRICT_NO_ZERO, TARGET_DB_HOST=no_zero_target.host, TARGET_DB_PORT=no_zero_target.port)
+    environ = env.environ(
+        TARGET_SQL_MODE=STRICT_NO_ZERO, TARGET_DB_HOST=no_zero_target.host, TARGET_DB_PORT=no_zero_target.port
+    )
     settings = config.load_settings(environ, dotenv_path=None)
     engines = create_engines(settings)
     try:
         with engines.source.connect() as conn:
             source_def = describe_table(conn, "zero_full")
         copy = lambda: copy_rows(  # noqa: E731
-            engines, settings, threading.Event(), "load_data", source_def, ("id",), [(1,), (2,)], policy  # type: ignore[arg-type]
+            engines,
+            settings,
+            threading.Event(),
+            "load_data",
+            source_def,
+            ("id",),
+            [(1,), (2,)],
+            policy,  # type: ignore[arg-type]
         )
         if policy == "error":
             with pytest.raises(DataError, match="table 'zero_full'.*column 'da'"):

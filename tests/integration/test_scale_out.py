@@ -27,8 +27,13 @@ class Replica:
     def __init__(self, env: dict[str, str], name: str) -> None:
         self.name = name
         self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "source" / "db_pipeline.py")], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "source" / "db_pipeline.py")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -87,13 +92,16 @@ def all_identical(env: SyncEnv) -> bool:
     if not set(TABLES) <= existing:
         return False
     return all(
-        table_fingerprint(env.source, env.source_db, t) == table_fingerprint(env.target, env.target_db, t) for t in TABLES
+        table_fingerprint(env.source, env.source_db, t) == table_fingerprint(env.target, env.target_db, t)
+        for t in TABLES
     )
 
 
 def test_three_replicas_share_thirty_tables_and_take_over(sync_env: SyncEnv) -> None:
     for table in TABLES:
-        sync_env.src(f"CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(20), updated_at DATETIME(6) NOT NULL, KEY (updated_at))")
+        sync_env.src(
+            f"CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(20), updated_at DATETIME(6) NOT NULL, KEY (updated_at))"
+        )
         sync_env.src(f"INSERT INTO {table} SELECT seq, CONCAT('v', seq), '2024-01-01' FROM seq_1_to_50")
     sync_env.write_tables([{"table": t, "primary_key": "id", "modifier": "updated_at"} for t in TABLES])
     replicas = []

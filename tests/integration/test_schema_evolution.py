@@ -13,6 +13,7 @@ import pytest
 from fidelity_helpers import assert_same_table, column_types, run_sync
 
 from conftest import SyncEnv
+from log_lines import logged_line
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,18 @@ def test_new_columns_appear_with_their_exact_definition(people: SyncEnv, mode: s
     )
     _people(
         env,
-        [(18446744073709551615, 3, 3, "Cy", "-1.000000000000000000000000000001", "ok", "2024-02-29 12:00:00.123456", "y")],
+        [
+            (
+                18446744073709551615,
+                3,
+                3,
+                "Cy",
+                "-1.000000000000000000000000000001",
+                "ok",
+                "2024-02-29 12:00:00.123456",
+                "y",
+            )
+        ],
         "first_col, id, seq, name, mid_col, status, created, tags",
     )
     run = _sync(env, mode)
@@ -106,7 +118,10 @@ def test_widened_types_widen_the_target(people: SyncEnv, mode: str) -> None:
     _assert_same_columns(env, "people")
     types = {c[0]: c[1] for c in column_types(env.target, env.target_db, "people")}
     assert (types["name"], types["qty"], types["price"], types["kind"]) == (
-        "varchar(200)", "bigint(20)", "decimal(14,2)", "enum('a','b','c')",
+        "varchar(200)",
+        "bigint(20)",
+        "decimal(14,2)",
+        "enum('a','b','c')",
     )
     assert_same_table(env, "people", "id")
 
@@ -124,7 +139,7 @@ def test_dropped_and_renamed_columns_are_kept_with_a_warning(
     caplog.set_level(logging.WARNING, logger="dlt_sync")
     _sync(env, mode)
 
-    warnings = [r.getMessage() for r in caplog.records if "DROPPED_COLUMN" in r.getMessage()]
+    warnings = [logged_line(r) for r in caplog.records if "DROPPED_COLUMN" in logged_line(r)]
     assert len(warnings) == 1 and "legacy" in warnings[0] and "nick" in warnings[0]
     target = {c[0]: c for c in column_types(env.target, env.target_db, "people")}
     assert "legacy" in target and "nick" in target and "nickname" in target
@@ -150,7 +165,9 @@ def test_narrowing_fails_only_that_table_with_what_to_do(people: SyncEnv, mode: 
     env.src("ALTER TABLE people MODIFY name VARCHAR(200) COLLATE utf8mb4_unicode_ci NOT NULL, MODIFY qty BIGINT NULL")
     _sync(env, mode, tables)
 
-    env.src("UPDATE people SET name = LEFT(name, 20); ALTER TABLE people MODIFY name VARCHAR(20) COLLATE utf8mb4_unicode_ci NOT NULL, MODIFY qty INT NULL")
+    env.src(
+        "UPDATE people SET name = LEFT(name, 20); ALTER TABLE people MODIFY name VARCHAR(20) COLLATE utf8mb4_unicode_ci NOT NULL, MODIFY qty INT NULL"
+    )
     env.src("INSERT INTO other VALUES (2, 'two')")
     _people(env, [(3, 3, "Cy", 1, "1.00", "a")])
     run = run_sync(env, tables, PIPELINE_MODE=mode)
@@ -162,9 +179,12 @@ def test_narrowing_fails_only_that_table_with_what_to_do(people: SyncEnv, mode: 
     assert "varchar(200)" in message and "varchar(20)" in message
     assert "ALTER TABLE" in message and "drop the target table" in message
     # Nothing changed in the target table, and the other table synced in the same run.
-    assert env.tgt_query("SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-                         "AND TABLE_NAME = 'people' AND COLUMN_NAME IN ('name', 'qty') ORDER BY COLUMN_NAME") == [
-        ("varchar(200)",), ("bigint(20)",),
+    assert env.tgt_query(
+        "SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+        "AND TABLE_NAME = 'people' AND COLUMN_NAME IN ('name', 'qty') ORDER BY COLUMN_NAME"
+    ) == [
+        ("varchar(200)",),
+        ("bigint(20)",),
     ]
     assert env.target.scalar(f"SELECT COUNT(*) FROM `{env.target_db}`.people") == 2
     assert run.result("other").ok, run.result("other").error

@@ -19,9 +19,9 @@ import pymysql
 import pytest
 from fault_helpers import assert_identical, run_daemon, start_daemon
 
-from config import load_settings
 from conftest import ServerFactory, SyncEnv
-from database import create_engines
+from dlt_db_sync.config.settings import load_settings
+from dlt_db_sync.database.engines import create_engines
 from mariadb_server import MariaDBServer
 
 pytestmark = pytest.mark.integration
@@ -51,27 +51,89 @@ def _openssl(*args: str | Path, cwd: Path) -> None:
 
 
 def _issue(directory: Path, name: str, subject: str, ca: str, extensions: str) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-key.pem", "-subj", subject,
-             "-out", f"{name}.csr", cwd=directory)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}-key.pem",
+        "-subj",
+        subject,
+        "-out",
+        f"{name}.csr",
+        cwd=directory,
+    )
     (directory / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem",
-             "-CAcreateserial", "-days", "2", "-sha256", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=directory)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.pem",
+        cwd=directory,
+    )
 
 
 def make_pki(directory: Path) -> Pki:
     """Generate the certificates with the ``openssl`` CLI."""
     directory.mkdir(parents=True, exist_ok=True)
     for ca in ("ca", "rogue-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-sha256", "-keyout", f"{ca}-key.pem",
-                 "-subj", f"/CN=dlt-sync test {ca}", "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", f"{ca}.pem", cwd=directory)
-    _issue(directory, "server", "/CN=127.0.0.1", "ca",
-           "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-           "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n")
-    _issue(directory, "client", "/CN=dlt-sync-client", "ca",
-           "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n")
-    return Pki(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem",
-               directory / "client.pem", directory / "client-key.pem", directory / "rogue-ca.pem")
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-sha256",
+            "-keyout",
+            f"{ca}-key.pem",
+            "-subj",
+            f"/CN=dlt-sync test {ca}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            f"{ca}.pem",
+            cwd=directory,
+        )
+    _issue(
+        directory,
+        "server",
+        "/CN=127.0.0.1",
+        "ca",
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    _issue(
+        directory,
+        "client",
+        "/CN=dlt-sync-client",
+        "ca",
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )
+    return Pki(
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server-key.pem",
+        directory / "client.pem",
+        directory / "client-key.pem",
+        directory / "rogue-ca.pem",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +146,12 @@ def tls_server(server_factory: ServerFactory, pki: Pki) -> Iterator[MariaDBServe
     """A MariaDB that refuses every connection without TLS."""
     server = server_factory.start(
         "tls",
-        [f"--ssl-ca={pki.ca}", f"--ssl-cert={pki.server_cert}", f"--ssl-key={pki.server_key}",
-         "--require-secure-transport=ON"],
+        [
+            f"--ssl-ca={pki.ca}",
+            f"--ssl-cert={pki.server_cert}",
+            f"--ssl-key={pki.server_key}",
+            "--require-secure-transport=ON",
+        ],
     )
     yield server
     server.destroy()
@@ -94,13 +160,21 @@ def tls_server(server_factory: ServerFactory, pki: Pki) -> Iterator[MariaDBServe
 def tls_env(sync_env: SyncEnv, server: MariaDBServer, pki: Pki, **overrides: Any) -> dict[str, str]:
     """Source and target databases both on the TLS server, user ``certuser`` with a client certificate."""
     env = sync_env.environ(
-        SOURCE_DB_PORT=server.port, TARGET_DB_PORT=server.port,
-        SOURCE_DB_USER="certuser", TARGET_DB_USER="certuser",
-        SOURCE_DB_PASS=PASSWORD, TARGET_DB_PASS=PASSWORD,
+        SOURCE_DB_PORT=server.port,
+        TARGET_DB_PORT=server.port,
+        SOURCE_DB_USER="certuser",
+        TARGET_DB_USER="certuser",
+        SOURCE_DB_PASS=PASSWORD,
+        TARGET_DB_PASS=PASSWORD,
     )
     for role in ("SOURCE", "TARGET"):
-        env.update({f"{role}_DB_SSL_CA": str(pki.ca), f"{role}_DB_SSL_CERT": str(pki.client_cert),
-                    f"{role}_DB_SSL_KEY": str(pki.client_key)})
+        env.update(
+            {
+                f"{role}_DB_SSL_CA": str(pki.ca),
+                f"{role}_DB_SSL_CERT": str(pki.client_cert),
+                f"{role}_DB_SSL_KEY": str(pki.client_key),
+            }
+        )
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 
@@ -127,7 +201,9 @@ def tls_dbs(sync_env: SyncEnv, tls_server: MariaDBServer) -> Iterator[SyncEnv]:
 def assert_no_password(*texts: str) -> None:
     for text in texts:
         for form in PASSWORD_FORMS:
-            assert form not in text, f"credential {form!r} leaked: ...{text[max(text.find(form) - 200, 0):text.find(form) + 50]}"
+            assert form not in text, (
+                f"credential {form!r} leaked: ...{text[max(text.find(form) - 200, 0) : text.find(form) + 50]}"
+            )
 
 
 # ----------------------------------------------------------------------------- TLS
@@ -173,8 +249,9 @@ def test_engines_negotiate_tls_with_our_certificates(tls_dbs: SyncEnv, tls_serve
     ],
     ids=["untrusted-ca", "wrong-hostname", "no-client-cert"],
 )
-def test_tls_verification_is_enforced(tls_dbs: SyncEnv, tls_server: MariaDBServer, pki: Pki,
-                                      overrides: dict[str, str], reason: str) -> None:
+def test_tls_verification_is_enforced(
+    tls_dbs: SyncEnv, tls_server: MariaDBServer, pki: Pki, overrides: dict[str, str], reason: str
+) -> None:
     if overrides.get("TARGET_DB_SSL_CA") == "rogue":
         overrides = {"TARGET_DB_SSL_CA": str(pki.rogue_ca)}
     result = run_daemon(tls_env(tls_dbs, tls_server, pki, **overrides), "--once", cwd=tls_dbs.workdir)
@@ -186,8 +263,14 @@ def test_tls_verification_is_enforced(tls_dbs: SyncEnv, tls_server: MariaDBServe
 
 def test_verification_can_be_turned_off(tls_dbs: SyncEnv, tls_server: MariaDBServer, pki: Pki) -> None:
     """TARGET_DB_SSL_VERIFY=false still encrypts, but accepts any certificate and host name."""
-    env = tls_env(tls_dbs, tls_server, pki, TARGET_DB_SSL_CA=str(pki.rogue_ca), TARGET_DB_HOST="localhost",
-                  TARGET_DB_SSL_VERIFY="false")
+    env = tls_env(
+        tls_dbs,
+        tls_server,
+        pki,
+        TARGET_DB_SSL_CA=str(pki.rogue_ca),
+        TARGET_DB_HOST="localhost",
+        TARGET_DB_SSL_VERIFY="false",
+    )
     result = run_daemon(env, "--once", cwd=tls_dbs.workdir)
     assert result.returncode == 0, result.stdout
 
@@ -237,8 +320,14 @@ def make_tables(env: SyncEnv) -> None:
 
 
 def least_privilege_env(env: SyncEnv, users: Users, **overrides: Any) -> dict[str, str]:
-    return env.environ(SOURCE_DB_USER=users.reader, SOURCE_DB_PASS=PASSWORD, TARGET_DB_USER=users.writer,
-                       TARGET_DB_PASS=PASSWORD, LOG_LEVEL="DEBUG", **overrides)
+    return env.environ(
+        SOURCE_DB_USER=users.reader,
+        SOURCE_DB_PASS=PASSWORD,
+        TARGET_DB_USER=users.writer,
+        TARGET_DB_PASS=PASSWORD,
+        LOG_LEVEL="DEBUG",
+        **overrides,
+    )
 
 
 @pytest.mark.parametrize("backend", ["connectorx", "pyarrow"])
@@ -248,8 +337,10 @@ def test_least_privilege_users_sync_and_nothing_leaks(sync_env: SyncEnv, least_p
     first = run_daemon(env, "--once", cwd=sync_env.workdir)
     assert first.returncode == 1, first.stdout  # only because of 'ghost'
     assert "2 table(s) synced, 1 failed" in first.stdout, first.stdout
-    sync_env.src("UPDATE actor SET name = 'changed', last_update = last_update + INTERVAL 1 DAY WHERE actor_id <= 10;"
-                 "UPDATE category SET name = 'changed' WHERE category_id = 3")
+    sync_env.src(
+        "UPDATE actor SET name = 'changed', last_update = last_update + INTERVAL 1 DAY WHERE actor_id <= 10;"
+        "UPDATE category SET name = 'changed' WHERE category_id = 3"
+    )
     second = run_daemon(env, "--once", cwd=sync_env.workdir)  # upserts into existing rows, swaps the full-refresh table
     assert "2 table(s) synced, 1 failed" in second.stdout, second.stdout
     for table in ("actor", "category"):
@@ -257,11 +348,14 @@ def test_least_privilege_users_sync_and_nothing_leaks(sync_env: SyncEnv, least_p
     assert_no_password(first.stdout, second.stdout)
 
 
-def test_daemon_without_process_privilege_serves_health_without_secrets(sync_env: SyncEnv, least_privilege: Users) -> None:
+def test_daemon_without_process_privilege_serves_health_without_secrets(
+    sync_env: SyncEnv, least_privilege: Users
+) -> None:
     """Daemon mode (watchdog on, no PROCESS grant): cycles run; health and metrics carry no credentials."""
     make_tables(sync_env)
-    env = least_privilege_env(sync_env, least_privilege, HEALTH_PORT=0, HEALTH_HOST="127.0.0.1", INTERVAL=3600,
-                              WATCHDOG_INTERVAL=0.5)
+    env = least_privilege_env(
+        sync_env, least_privilege, HEALTH_PORT=0, HEALTH_HOST="127.0.0.1", INTERVAL=3600, WATCHDOG_INTERVAL=0.5
+    )
     daemon = start_daemon(env, cwd=sync_env.workdir)
     lines: list[str] = []
     try:

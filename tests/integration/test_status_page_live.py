@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import config
 from conftest import SyncEnv
+from dlt_db_sync.config import settings as config
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +27,10 @@ def fetch(port: int, path: str, accept: str) -> str:
 
 
 def test_real_cycles_feed_the_page_and_the_metrics(sync_env: SyncEnv) -> None:
-    from database import create_engines
     from db_pipeline import run_cycle
-    from monitoring import Metrics, SyncStatus, start_health_server
-    from pipeline_management import TableSyncer
+    from dlt_db_sync.database.engines import create_engines
+    from dlt_db_sync.monitoring.status import Metrics, SyncStatus, start_health_server
+    from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
     sync_env.src("CREATE TABLE countries (code CHAR(2) PRIMARY KEY, name VARCHAR(64) NOT NULL)")
     sync_env.src("INSERT INTO countries VALUES ('ID', 'Indonesia'), ('JP', 'Japan')")

@@ -10,9 +10,9 @@ import pytest
 from fault_helpers import lock_waits, row_locks_held, run_daemon, start_daemon, wait_for
 from test_faults import identical, small_tables
 
-import config
 from conftest import SyncEnv
-from database import create_engines
+from dlt_db_sync.config import settings as config
+from dlt_db_sync.database.engines import create_engines
 
 pytestmark = pytest.mark.integration
 
@@ -20,8 +20,13 @@ pytestmark = pytest.mark.integration
 def test_transaction_timeout_interrupts_a_blocked_load_which_is_retried(sync_env: SyncEnv) -> None:
     """A load statement blocked longer than TRANSACTION_TIMEOUT is cut off (max_statement_time) and retried."""
     sync_env.write_tables(small_tables(sync_env, 1, rows=500))
-    env = sync_env.environ(TRANSACTION_TIMEOUT=1, LOCK_WAIT_TIMEOUT=30, LOCK_TIMEOUT_BASE_DELAY=0.3,
-                           LOCK_TIMEOUT_MAX_DELAY=1, LOCK_TIMEOUT_RETRIES=10)
+    env = sync_env.environ(
+        TRANSACTION_TIMEOUT=1,
+        LOCK_WAIT_TIMEOUT=30,
+        LOCK_TIMEOUT_BASE_DELAY=0.3,
+        LOCK_TIMEOUT_MAX_DELAY=1,
+        LOCK_TIMEOUT_RETRIES=10,
+    )
     assert run_daemon(env, "--once", cwd=sync_env.workdir).returncode == 0
     sync_env.src("UPDATE t0 SET v = CONCAT(v, '?'), updated_at = updated_at + INTERVAL 1 DAY WHERE id <= 50")
     with row_locks_held(sync_env.target, sync_env.target_db, "SELECT * FROM t0 WHERE id <= 50 FOR UPDATE") as locker:

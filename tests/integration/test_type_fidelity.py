@@ -62,52 +62,213 @@ CREATE TABLE nasty (
 """
 
 COLUMNS = [
-    "id", "k", "seq", "u64", "i64", "flag", "b1", "b64", "dec65", "f", "d", "da",
-    "dt0", "dt1", "dt2", "dt3", "dt4", "dt5", "dt6", "ts0", "ts1", "ts2", "ts3", "ts4", "ts5", "ts6",
-    "tm", "tm3", "tm6", "yr", "c_utf", "v_utf", "t_utf", "v_latin", "bn", "vb", "bl", "en", "en_nn", "st", "js",
+    "id",
+    "k",
+    "seq",
+    "u64",
+    "i64",
+    "flag",
+    "b1",
+    "b64",
+    "dec65",
+    "f",
+    "d",
+    "da",
+    "dt0",
+    "dt1",
+    "dt2",
+    "dt3",
+    "dt4",
+    "dt5",
+    "dt6",
+    "ts0",
+    "ts1",
+    "ts2",
+    "ts3",
+    "ts4",
+    "ts5",
+    "ts6",
+    "tm",
+    "tm3",
+    "tm6",
+    "yr",
+    "c_utf",
+    "v_utf",
+    "t_utf",
+    "v_latin",
+    "bn",
+    "vb",
+    "bl",
+    "en",
+    "en_nn",
+    "st",
+    "js",
 ]
 DEC_MAX = "99999999999999999999999999999999999.999999999999999999999999999999"
 NASTY_TEXT = "😀𝄞🀄 a\x00b\ttab\nnl\\bs \\N"
 
 
 def _row(
-    id_: int, key: bytes, *, u64: Any = None, i64: Any = None, flag: Any = None, b1: Any = None, b64: Any = None,
-    dec65: Any = None, f: Any = None, d: Any = None, da: Any = None, dt: Any = None, ts: Any = None,
-    tm: Any = None, yr: Any = None, text: Any = None, latin: Any = None, binary: Any = None,
-    en: Any = None, en_nn: Any = "y", st_: Any = None, js: Any = None,
+    id_: int,
+    key: bytes,
+    *,
+    u64: Any = None,
+    i64: Any = None,
+    flag: Any = None,
+    b1: Any = None,
+    b64: Any = None,
+    dec65: Any = None,
+    f: Any = None,
+    d: Any = None,
+    da: Any = None,
+    dt: Any = None,
+    ts: Any = None,
+    tm: Any = None,
+    yr: Any = None,
+    text: Any = None,
+    latin: Any = None,
+    binary: Any = None,
+    en: Any = None,
+    en_nn: Any = "y",
+    st_: Any = None,
+    js: Any = None,
 ) -> tuple[Any, ...]:
     return (
-        id_, key, id_, u64, i64, flag, b1, b64, dec65, f, d, da,
-        *([dt] * 7), *([ts] * 7), tm, tm, tm, yr, text, text, text, latin, binary, binary, binary, en, en_nn, st_, js,
+        id_,
+        key,
+        id_,
+        u64,
+        i64,
+        flag,
+        b1,
+        b64,
+        dec65,
+        f,
+        d,
+        da,
+        *([dt] * 7),
+        *([ts] * 7),
+        tm,
+        tm,
+        tm,
+        yr,
+        text,
+        text,
+        text,
+        latin,
+        binary,
+        binary,
+        binary,
+        en,
+        en_nn,
+        st_,
+        js,
     )
 
 
 ROWS = [
     _row(
-        1, b"\x00" * 16, u64=18446744073709551615, i64=-9223372036854775808, flag=1, b1=1, b64=18446744073709551615,
-        dec65=DEC_MAX, f=16777217, d=1.7976931348623157e308, da="9999-12-31", dt="9999-12-31 23:59:59.999999",
-        ts="2038-01-19 03:14:07.999999", tm="838:59:59", yr=2155, text=NASTY_TEXT, latin="café ÿ ß £ ñ",
-        binary=b"\x00\t\n\\\xff\x00", en="c", st_="x,y,z", js='{"a": [1, 2.5, "😀", null], "b": {"c": "\\u0000"}}',
+        1,
+        b"\x00" * 16,
+        u64=18446744073709551615,
+        i64=-9223372036854775808,
+        flag=1,
+        b1=1,
+        b64=18446744073709551615,
+        dec65=DEC_MAX,
+        f=16777217,
+        d=1.7976931348623157e308,
+        da="9999-12-31",
+        dt="9999-12-31 23:59:59.999999",
+        ts="2038-01-19 03:14:07.999999",
+        tm="838:59:59",
+        yr=2155,
+        text=NASTY_TEXT,
+        latin="café ÿ ß £ ñ",
+        binary=b"\x00\t\n\\\xff\x00",
+        en="c",
+        st_="x,y,z",
+        js='{"a": [1, 2.5, "😀", null], "b": {"c": "\\u0000"}}',
     ),
     _row(
-        2, b"\\\t\n\x00" + b"\xff" * 12, u64=0, i64=9223372036854775807, flag=0, b1=0, b64=0, dec65="-" + DEC_MAX,
-        f=3.4e38, d=5e-324, da="1000-01-01", dt="1000-01-01 00:00:00", ts="1970-01-01 00:00:01", tm="-838:59:59",
-        yr=1901, text="", latin="", binary=b"", en="a", en_nn="x", st_="", js="[]",
+        2,
+        b"\\\t\n\x00" + b"\xff" * 12,
+        u64=0,
+        i64=9223372036854775807,
+        flag=0,
+        b1=0,
+        b64=0,
+        dec65="-" + DEC_MAX,
+        f=3.4e38,
+        d=5e-324,
+        da="1000-01-01",
+        dt="1000-01-01 00:00:00",
+        ts="1970-01-01 00:00:01",
+        tm="-838:59:59",
+        yr=1901,
+        text="",
+        latin="",
+        binary=b"",
+        en="a",
+        en_nn="x",
+        st_="",
+        js="[]",
     ),
     _row(
-        3, uuid.UUID("12345678-9abc-def0-1234-56789abcdef0").bytes, f=1.401298464324817e-45, d=-0.0, dt=None,
-        ts=None, en_nn="y",
+        3,
+        uuid.UUID("12345678-9abc-def0-1234-56789abcdef0").bytes,
+        f=1.401298464324817e-45,
+        d=-0.0,
+        dt=None,
+        ts=None,
+        en_nn="y",
     ),
     _row(
-        4, b"\x00" * 15 + b"\x01", u64=1, i64=-1, flag=-128, b1=1, b64=2**63, dec65="-0.000000000000000000000000000001",
-        f=-0.0, d=2.2250738585072014e-308, da="0000-00-00", dt="0000-00-00 00:00:00", ts="0000-00-00 00:00:00",
-        tm="-00:00:00.5", yr=0, text="   trailing  ", latin="\\N", binary=bytes(range(8)), en="", en_nn="", st_="y", js='"\\\\N"',
+        4,
+        b"\x00" * 15 + b"\x01",
+        u64=1,
+        i64=-1,
+        flag=-128,
+        b1=1,
+        b64=2**63,
+        dec65="-0.000000000000000000000000000001",
+        f=-0.0,
+        d=2.2250738585072014e-308,
+        da="0000-00-00",
+        dt="0000-00-00 00:00:00",
+        ts="0000-00-00 00:00:00",
+        tm="-00:00:00.5",
+        yr=0,
+        text="   trailing  ",
+        latin="\\N",
+        binary=bytes(range(8)),
+        en="",
+        en_nn="",
+        st_="y",
+        js='"\\\\N"',
     ),
     _row(
-        5, bytes(range(16)), u64=9007199254740993, i64=9007199254740993, flag=127, b1=0, b64=1,
-        dec65="12345678901234567890.123456789012345678901234567891", f=-3.4028234663852886e38, d=0.1,
-        da="2024-02-29", dt="2024-02-29 12:34:56.123456", ts="2021-03-28 01:30:00.654321", tm="12:34:56.789012",
-        yr=1999, text="\\", latin="Ærø", binary=b"\\", en="b", st_="x,z", js='{"n": 1e-7, "big": 18446744073709551615}',
+        5,
+        bytes(range(16)),
+        u64=9007199254740993,
+        i64=9007199254740993,
+        flag=127,
+        b1=0,
+        b64=1,
+        dec65="12345678901234567890.123456789012345678901234567891",
+        f=-3.4028234663852886e38,
+        d=0.1,
+        da="2024-02-29",
+        dt="2024-02-29 12:34:56.123456",
+        ts="2021-03-28 01:30:00.654321",
+        tm="12:34:56.789012",
+        yr=1999,
+        text="\\",
+        latin="Ærø",
+        binary=b"\\",
+        en="b",
+        st_="x,z",
+        js='{"n": 1e-7, "big": 18446744073709551615}',
     ),
 ]
 GEOMETRY = {
@@ -124,8 +285,15 @@ UPDATED_ROWS = [
 ]
 
 
-def _upsert_source(env: SyncEnv, table: str, columns: list[str], keys: int, rows: list[tuple[Any, ...]],
-                   session: str, after: Any = None) -> None:
+def _upsert_source(
+    env: SyncEnv,
+    table: str,
+    columns: list[str],
+    keys: int,
+    rows: list[tuple[Any, ...]],
+    session: str,
+    after: Any = None,
+) -> None:
     """Insert or update ``rows`` in the source ``table``; ``keys`` leading columns form the key."""
     placeholders = ", ".join(["%s"] * len(columns))
     updates = ", ".join(f"`{c}` = VALUES(`{c}`)" for c in columns[keys:])
@@ -183,9 +351,10 @@ def test_nasty_types_round_trip(
         assert first.result("nasty").ok, first.result("nasty").error
         assert first.result("nasty").backend == backend
         assert_same_table(env, "nasty", "id, k", target=target)
-        assert env.source.query("CHECKSUM TABLE nasty", env.source_db)[0][1] == target.query(
-            "CHECKSUM TABLE nasty", env.target_db
-        )[0][1]
+        assert (
+            env.source.query("CHECKSUM TABLE nasty", env.source_db)[0][1]
+            == target.query("CHECKSUM TABLE nasty", env.target_db)[0][1]
+        )
 
         # Existing keys are upserted through the staging table, a new key is inserted.
         _insert_rows(env, UPDATED_ROWS, seq_offset=100)
@@ -222,7 +391,26 @@ CREATE TABLE mixed (
   KEY seq_idx (seq)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
 """
-MIXED_COLUMNS = ["id", "seq", "u64", "b64", "dec20", "d", "f", "txt", "latin", "bin", "da", "dt", "ts", "tm", "yr", "en", "st", "js"]
+MIXED_COLUMNS = [
+    "id",
+    "seq",
+    "u64",
+    "b64",
+    "dec20",
+    "d",
+    "f",
+    "txt",
+    "latin",
+    "bin",
+    "da",
+    "dt",
+    "ts",
+    "tm",
+    "yr",
+    "en",
+    "st",
+    "js",
+]
 
 
 def _time_text(delta: timedelta) -> str:
@@ -237,20 +425,30 @@ MIXED_VALUES = st.fixed_dictionaries(
     {
         "u64": st.none() | st.integers(0, 2**64 - 1),
         "b64": st.none() | st.integers(0, 2**64 - 1),
-        "dec20": st.none() | st.decimals(min_value=Decimal("-99999999999999.999999"), max_value=Decimal("99999999999999.999999"), places=6),
+        "dec20": st.none()
+        | st.decimals(
+            min_value=Decimal("-99999999999999.999999"), max_value=Decimal("99999999999999.999999"), places=6
+        ),
         "d": st.none() | st.floats(allow_nan=False, allow_infinity=False),
         "f": st.none() | st.floats(width=32, allow_nan=False, allow_infinity=False),
         "txt": st.none() | st.text(st.characters(codec="utf-8"), max_size=40),
-        "latin": st.none() | st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_categories=("Cc",)), max_size=40),
+        "latin": st.none()
+        | st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_categories=("Cc",)), max_size=40),
         "bin": st.none() | st.binary(max_size=40),
         "da": st.none() | st.dates(date(1000, 1, 1), date(9999, 12, 31)),
         "dt": st.none() | st.datetimes(datetime(1000, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999)),
         "ts": st.none() | st.datetimes(datetime(1970, 1, 2), datetime(2038, 1, 18)),
-        "tm": st.none() | st.timedeltas(-timedelta(hours=838, minutes=59, seconds=59), timedelta(hours=838, minutes=59, seconds=59)).map(_time_text),
+        "tm": st.none()
+        | st.timedeltas(
+            -timedelta(hours=838, minutes=59, seconds=59), timedelta(hours=838, minutes=59, seconds=59)
+        ).map(_time_text),
         "yr": st.none() | st.just(0) | st.integers(1901, 2155),
         "en": st.none() | st.sampled_from(["a", "b", "c"]),
         "st": st.none() | st.sets(st.sampled_from(["x", "y", "z"])).map(lambda s: ",".join(sorted(s))),
-        "js": st.none() | st.dictionaries(st.text(max_size=6), _json_scalars, max_size=4).map(lambda v: __import__("json").dumps(v, ensure_ascii=False)),
+        "js": st.none()
+        | st.dictionaries(st.text(max_size=6), _json_scalars, max_size=4).map(
+            lambda v: __import__("json").dumps(v, ensure_ascii=False)
+        ),
     }
 )
 ROW_SETS = st.lists(st.tuples(st.integers(1, 40), MIXED_VALUES), max_size=12, unique_by=lambda r: r[0])

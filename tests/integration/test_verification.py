@@ -46,7 +46,7 @@ class FakeMetrics:
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Buckets of 10 rows, 5 per statement, 4 key groups, gaps re-cut above 50 rows: small tables
     take every path of a large one."""
-    import chunk_compare
+    from dlt_db_sync.verification import chunk_compare
 
     monkeypatch.setattr(chunk_compare, "BUCKET_ROWS", 10)
     monkeypatch.setattr(chunk_compare, "MAX_BUCKETS_PER_QUERY", 5)
@@ -58,10 +58,10 @@ class Syncer:
     """A TableSyncer on ``env`` with a status object and recording metrics."""
 
     def __init__(self, env: SyncEnv, specs: list[Any], **overrides: Any) -> None:
-        from config import load_settings
-        from database import create_engines
-        from monitoring import SyncStatus
-        from pipeline_management import TableSyncer
+        from dlt_db_sync.config.settings import load_settings
+        from dlt_db_sync.database.engines import create_engines
+        from dlt_db_sync.monitoring.status import SyncStatus
+        from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
         self.settings = load_settings(env.environ(**overrides), dotenv_path=None)
         self.engines = create_engines(self.settings)
@@ -96,8 +96,9 @@ def make_syncer(sync_env: SyncEnv) -> Iterator[Any]:
         syncer.close()
 
 
-def run_main(env: SyncEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str,
-             **overrides: Any) -> tuple[int, str]:
+def run_main(
+    env: SyncEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str, **overrides: Any
+) -> tuple[int, str]:
     """``db_pipeline.main(args)`` in-process with ``env``'s environment; (exit code, stdout)."""
     from db_pipeline import main
 
@@ -126,8 +127,12 @@ def keys_of(env: SyncEnv, table: str, key: str) -> tuple[list[Any], list[Any]]:
 # --------------------------------------------------------------------------- delete propagation
 KEY_CASES = {
     "int": ("id INT NOT NULL PRIMARY KEY", "seq", "id", ["id"]),
-    "composite": ("a INT NOT NULL, b VARCHAR(10) NOT NULL, PRIMARY KEY (b, a)", "seq DIV 10, CONCAT('k', seq MOD 10)",
-                  "a, b", ["a", "b"]),
+    "composite": (
+        "a INT NOT NULL, b VARCHAR(10) NOT NULL, PRIMARY KEY (b, a)",
+        "seq DIV 10, CONCAT('k', seq MOD 10)",
+        "a, b",
+        ["a", "b"],
+    ),
     "string": ("code VARCHAR(40) NOT NULL PRIMARY KEY", "CONCAT('Kode-', seq, '-ü')", "code", ["code"]),
     "binary16": ("id BINARY(16) NOT NULL PRIMARY KEY", "UNHEX(MD5(seq))", "id", ["id"]),
 }
@@ -135,7 +140,7 @@ KEY_CASES = {
 
 @pytest.mark.parametrize("case", list(KEY_CASES))
 def test_deletes_propagated(sync_env: SyncEnv, make_syncer: Any, small_chunks: None, case: str) -> None:
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
 
     key_ddl, key_values, key_list, key = KEY_CASES[case]
     key_names = key_list.split(", ")
@@ -150,7 +155,9 @@ def test_deletes_propagated(sync_env: SyncEnv, make_syncer: Any, small_chunks: N
     # Scattered rows, the first and the last, a whole block (several chunks); plus new rows.
     sync_env.src("DELETE FROM t WHERE n % 97 = 0 OR n IN (1, 2000) OR n BETWEEN 500 AND 799")
     deleted = 2000 - sync_env.src_query("SELECT COUNT(*) FROM t")[0][0]
-    sync_env.src(f"INSERT INTO t ({key_list}, n, v, updated_at) SELECT {key_values}, seq, 'new', NOW(6) FROM seq_3001_to_3010")
+    sync_env.src(
+        f"INSERT INTO t ({key_list}, n, v, updated_at) SELECT {key_values}, seq, 'new', NOW(6) FROM seq_3001_to_3010"
+    )
     result = syncer.sync(spec)
     assert result.details["rows_deleted"] == deleted
     source_keys, target_keys = keys_of(sync_env, "t", ", ".join(f"`{k}`" for k in key_names))
@@ -163,7 +170,7 @@ def test_deletes_propagated(sync_env: SyncEnv, make_syncer: Any, small_chunks: N
 
 
 def test_reconcile_every_n_cycles_and_ignore(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
 
     for table in ("every2", "kept"):
         sync_env.src(
@@ -204,8 +211,9 @@ INSERT INTO items (id, name, updated_at) VALUES (5000, 'old insert', '2020-01-01
 """
 
 
-def test_silent_updates_found_and_repaired(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str], small_chunks: None) -> None:
+def test_silent_updates_found_and_repaired(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], small_chunks: None
+) -> None:
     sync_env.src(ITEMS)
     sync_env.write_tables([{"table": "items", "primary_key": "id", "modifier": "updated_at"}])
     assert run_main(sync_env, monkeypatch, capsys, "--once")[0] == 0
@@ -231,7 +239,9 @@ def test_silent_updates_found_and_repaired(sync_env: SyncEnv, monkeypatch: pytes
     assert run_main(sync_env, monkeypatch, capsys, "--verify")[0] == 0
 
 
-def test_unknown_table_exits_2(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_table_exits_2(
+    sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     sync_env.src("CREATE TABLE a (id INT PRIMARY KEY)")
     sync_env.write_tables([{"table": "a", "primary_key": "id"}])
     from db_pipeline import main
@@ -243,9 +253,9 @@ def test_unknown_table_exits_2(sync_env: SyncEnv, monkeypatch: pytest.MonkeyPatc
 
 
 def verify(env: SyncEnv, table: str, key: tuple[str, ...], repair: bool = False, **spec: Any) -> tuple[int, str]:
-    from config import TableSpec, load_settings
-    from database import create_engines
-    from verification import run_verify
+    from dlt_db_sync.config.settings import TableSpec, load_settings
+    from dlt_db_sync.database.engines import create_engines
+    from dlt_db_sync.verification.verifier import run_verify
 
     settings = load_settings(env.environ(), dotenv_path=None)
     engines = create_engines(settings)
@@ -290,9 +300,11 @@ def test_empty_table_on_either_side(sync_env: SyncEnv) -> None:
 @pytest.mark.slow
 def test_million_identical_rows(sync_env: SyncEnv) -> None:
     """1,000,000 rows equal in everything but the key: chunking by key keeps them apart."""
-    ddl = ("CREATE TABLE big (id INT UNSIGNED NOT NULL PRIMARY KEY, a CHAR(10) NOT NULL DEFAULT 'same', "
-           "b INT NOT NULL DEFAULT 7) ENGINE=InnoDB;"
-           "INSERT INTO big (id) SELECT seq FROM seq_1_to_1000000")
+    ddl = (
+        "CREATE TABLE big (id INT UNSIGNED NOT NULL PRIMARY KEY, a CHAR(10) NOT NULL DEFAULT 'same', "
+        "b INT NOT NULL DEFAULT 7) ENGINE=InnoDB;"
+        "INSERT INTO big (id) SELECT seq FROM seq_1_to_1000000"
+    )
     threads = [threading.Thread(target=run, args=(ddl,)) for run in (sync_env.src, sync_env.tgt)]
     for thread in threads:
         thread.start()
@@ -304,8 +316,10 @@ def test_million_identical_rows(sync_env: SyncEnv) -> None:
     assert counts["source_rows"] == counts["target_rows"] == 1_000_000 and counts["chunks"] >= 900
     # Two identical rows swapped for two identical others would cancel without the key in the hash;
     # 1002 and 1003 (one chunk) changed alike would cancel in a BIT_XOR of plain (linear) CRC32s.
-    sync_env.src("DELETE FROM big WHERE id IN (1, 500000); INSERT INTO big (id) VALUES (1000001), (1000002);"
-                 "UPDATE big SET b = 8 WHERE id IN (1002, 1003, 777777)")
+    sync_env.src(
+        "DELETE FROM big WHERE id IN (1, 500000); INSERT INTO big (id) VALUES (1000001), (1000002);"
+        "UPDATE big SET b = 8 WHERE id IN (1002, 1003, 777777)"
+    )
     code, out = verify(sync_env, "big", ("id",))
     counts = report_line(out, "big")
     assert code == 1 and (counts["missing"], counts["extra"], counts["changed"]) == (2, 2, 3), out
@@ -324,12 +338,16 @@ def test_verify_and_reconcile_with_select_only_source_user(
         f"GRANT SELECT ON `{sync_env.source_db}`.* TO '{user}'@'127.0.0.1'"
     )
     try:
-        sync_env.src(ITEMS + "CREATE TABLE pairs (a INT NOT NULL, b CHAR(3) NOT NULL, v INT NULL, PRIMARY KEY (a, b));"
-                     "INSERT INTO pairs SELECT seq DIV 4, ELT(seq MOD 4 + 1, 'w', 'x', 'y', 'z'), seq FROM seq_1_to_800")
-        sync_env.write_tables([
-            {"table": "items", "primary_key": "id", "modifier": "updated_at", "deletes": "reconcile"},
-            {"table": "pairs", "primary_key": ["a", "b"]},
-        ])
+        sync_env.src(
+            ITEMS + "CREATE TABLE pairs (a INT NOT NULL, b CHAR(3) NOT NULL, v INT NULL, PRIMARY KEY (a, b));"
+            "INSERT INTO pairs SELECT seq DIV 4, ELT(seq MOD 4 + 1, 'w', 'x', 'y', 'z'), seq FROM seq_1_to_800"
+        )
+        sync_env.write_tables(
+            [
+                {"table": "items", "primary_key": "id", "modifier": "updated_at", "deletes": "reconcile"},
+                {"table": "pairs", "primary_key": ["a", "b"]},
+            ]
+        )
         ro = {"SOURCE_DB_USER": user, "SOURCE_DB_PASS": "pw"}
         assert run_main(sync_env, monkeypatch, capsys, "--once", **ro)[0] == 0
         sync_env.src(SILENT_CHANGES + "UPDATE pairs SET v = -v WHERE a = 100")
@@ -347,10 +365,12 @@ def test_verify_and_reconcile_with_select_only_source_user(
 
 # --------------------------------------------------------------------------- full refresh
 def test_full_refresh_only_when_needed(sync_env: SyncEnv, make_syncer: Any, small_chunks: None) -> None:
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
 
-    sync_env.src("CREATE TABLE fr (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, n INT NOT NULL);"
-                 "INSERT INTO fr SELECT seq, CONCAT('v', seq), seq FROM seq_1_to_3000")
+    sync_env.src(
+        "CREATE TABLE fr (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, n INT NOT NULL);"
+        "INSERT INTO fr SELECT seq, CONCAT('v', seq), seq FROM seq_1_to_3000"
+    )
     spec = TableSpec("fr", ("id",))
     syncer = make_syncer([spec])
     assert syncer.sync(spec).rows == 3000  # empty target: loaded by the shadow swap
@@ -373,12 +393,14 @@ def test_full_refresh_only_when_needed(sync_env: SyncEnv, make_syncer: Any, smal
 
 def test_range_predicates_use_the_key_index(sync_env: SyncEnv) -> None:
     """The expanded lexicographic ranges are index ranges, not full scans, for composite keys."""
-    from chunk_compare import KeyRange, range_condition
+    from dlt_db_sync.verification.chunk_compare import KeyRange, range_condition
 
-    sync_env.src("CREATE TABLE c3 (a INT NOT NULL, b VARCHAR(10) NOT NULL, c BINARY(16) NOT NULL, v INT, "
-                 "PRIMARY KEY (a, b, c));"
-                 "INSERT INTO c3 SELECT seq DIV 100, CONCAT('k', seq MOD 10), UNHEX(MD5(seq)), seq FROM seq_1_to_20000;"
-                 "ANALYZE TABLE c3")
+    sync_env.src(
+        "CREATE TABLE c3 (a INT NOT NULL, b VARCHAR(10) NOT NULL, c BINARY(16) NOT NULL, v INT, "
+        "PRIMARY KEY (a, b, c));"
+        "INSERT INTO c3 SELECT seq DIV 100, CONCAT('k', seq MOD 10), UNHEX(MD5(seq)), seq FROM seq_1_to_20000;"
+        "ANALYZE TABLE c3"
+    )
     rng = KeyRange((50, "k3", bytes(16)), (60, "k7", b"\xff" * 16))
     where, params = range_condition(["a", "b", "c"], rng)
     conn = sync_env.source.connect(sync_env.source_db)

@@ -24,7 +24,7 @@ OLD = "2024-01-01 00:00:00"
 
 
 def make_sweep(syncer: Any, specs: list[Any]) -> Any:
-    from verification_sweep import VerificationSweep
+    from dlt_db_sync.verification.sweep import VerificationSweep
 
     return VerificationSweep(syncer.engines, syncer.settings, specs, threading.Event(), syncer.status, syncer.metrics)
 
@@ -48,7 +48,7 @@ def identical(env: SyncEnv, table: str) -> bool:
 
 
 def test_sweep_repairs_late_commit_cascade_and_target_edit(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from config import TableSpec
+    from dlt_db_sync.config.settings import TableSpec
 
     sync_env.src(
         "CREATE TABLE parent (id INT PRIMARY KEY, code VARCHAR(10) NOT NULL UNIQUE);"
@@ -63,8 +63,10 @@ def test_sweep_repairs_late_commit_cascade_and_target_edit(sync_env: SyncEnv, ma
     spec = TableSpec("child", ("id",), modifier="updated_at", verify_every_minutes=0.01)
     syncer = make_syncer([spec], VERIFY_ROWS_PER_SECOND="100000")
     syncer.sync(spec)
-    sync_env.src("INSERT INTO child VALUES (1000, 'p1', 'late commit', '2023-06-01');"  # older than the lookback
-                 "UPDATE parent SET code = 'p9' WHERE code = 'p2'")  # cascades into child, modifier untouched
+    sync_env.src(
+        "INSERT INTO child VALUES (1000, 'p1', 'late commit', '2023-06-01');"  # older than the lookback
+        "UPDATE parent SET code = 'p9' WHERE code = 'p2'"
+    )  # cascades into child, modifier untouched
     sync_env.tgt("UPDATE child SET v = 'edited in the target' WHERE id = 7")
     assert syncer.sync(spec).skipped and not identical(sync_env, "child")  # the cursor sees none of it
 
@@ -82,14 +84,17 @@ def test_sweep_repairs_late_commit_cascade_and_target_edit(sync_env: SyncEnv, ma
     assert table.sweep["rows_checked_total"] >= 300 and table.sweep.get("last_full_pass") is not None
 
 
-def test_sweep_keeps_to_its_rate_and_the_table_period(sync_env: SyncEnv, make_syncer: Any,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import chunk_compare
-    from config import TableSpec
+def test_sweep_keeps_to_its_rate_and_the_table_period(
+    sync_env: SyncEnv, make_syncer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.verification import chunk_compare
 
     monkeypatch.setattr(chunk_compare, "BUCKET_ROWS", 100)
-    sync_env.src("CREATE TABLE r (id INT PRIMARY KEY, v INT NOT NULL);"
-                 "INSERT INTO r SELECT seq, seq FROM seq_1_to_20000; ANALYZE TABLE r")
+    sync_env.src(
+        "CREATE TABLE r (id INT PRIMARY KEY, v INT NOT NULL);"
+        "INSERT INTO r SELECT seq, seq FROM seq_1_to_20000; ANALYZE TABLE r"
+    )
     fast_period = TableSpec("r", ("id",), sync_strategy="full_refresh", verify_every_minutes=0.001)
     syncer = make_syncer([fast_period], VERIFY_ROWS_PER_SECOND="2000")
     syncer.sync(fast_period)
@@ -113,12 +118,14 @@ def test_sweep_keeps_to_its_rate_and_the_table_period(sync_env: SyncEnv, make_sy
 
 
 def test_sweep_guarded_and_ignore_tables_keep_their_rows(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from config import TableSpec
-    from monitoring import health_report
+    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.monitoring.status import health_report
 
     for table in ("rec", "ign"):
-        sync_env.src(f"CREATE TABLE {table} (id INT PRIMARY KEY, updated_at DATETIME NOT NULL, KEY (updated_at));"
-                     f"INSERT INTO {table} SELECT seq, '{OLD}' FROM seq_1_to_20")
+        sync_env.src(
+            f"CREATE TABLE {table} (id INT PRIMARY KEY, updated_at DATETIME NOT NULL, KEY (updated_at));"
+            f"INSERT INTO {table} SELECT seq, '{OLD}' FROM seq_1_to_20"
+        )
     rec = TableSpec("rec", ("id",), modifier="updated_at", deletes="reconcile")
     ign = TableSpec("ign", ("id",), modifier="updated_at")
     syncer = make_syncer([rec, ign])
@@ -138,10 +145,13 @@ def test_sweep_guarded_and_ignore_tables_keep_their_rows(sync_env: SyncEnv, make
 
 
 def test_daemon_stops_promptly_while_sweeping(sync_env: SyncEnv) -> None:
-    sync_env.src("CREATE TABLE s (id INT PRIMARY KEY, v INT NOT NULL); INSERT INTO s SELECT seq, seq FROM seq_1_to_5000")
+    sync_env.src(
+        "CREATE TABLE s (id INT PRIMARY KEY, v INT NOT NULL); INSERT INTO s SELECT seq, seq FROM seq_1_to_5000"
+    )
     sync_env.write_tables([{"table": "s", "primary_key": "id", "verify_every_minutes": 0.001}])
-    daemon = start_daemon(sync_env.environ(INTERVAL="3600", VERIFY_ROWS_PER_SECOND="1000", LOG_LEVEL="INFO"),
-                          cwd=sync_env.workdir)
+    daemon = start_daemon(
+        sync_env.environ(INTERVAL="3600", VERIFY_ROWS_PER_SECOND="1000", LOG_LEVEL="INFO"), cwd=sync_env.workdir
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(daemon.stdout), daemon=True)
     reader.start()

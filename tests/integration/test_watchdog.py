@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from config import load_settings
-from database import create_engines
-from monitoring import SyncStatus, health_report
-from watchdog import Watchdog, track_engines
+from dlt_db_sync.config.settings import load_settings
+from dlt_db_sync.database.engines import create_engines
+from dlt_db_sync.monitoring.status import SyncStatus, health_report
+from dlt_db_sync.monitoring.watchdogs import Watchdog, track_engines
+from log_lines import logged_line
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +86,7 @@ def test_watchdog_kills_only_our_long_query(sync_env: Any, caplog: pytest.LogCap
             assert "SLEEP(30)" in (processlist_info(server, other_id) or "")
         ours_id = results["ours_id"]
         assert results.get("ours") == 1 or "ours_error" in results  # SLEEP returns 1 when interrupted
-        messages = [r.getMessage() for r in caplog.records if "LONG_QUERY" in r.getMessage()]
+        messages = [logged_line(r) for r in caplog.records if "LONG_QUERY" in logged_line(r)]
         assert f"WATCHDOG - LONG_QUERY - killed the query of source connection {ours_id}" in messages
         assert not [m for m in messages if f"connection {other_id} " in m]
     finally:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from config import TableSpec, known_variables, load_settings, load_tables, parse_tables
-from database import _ssl_args, connect_args
-from error_handling import ConfigError, TerminalError
+from dlt_db_sync.config.settings import TableSpec, known_variables, load_settings, load_tables, parse_tables
+from dlt_db_sync.database.engines import _ssl_args, connect_args
+from dlt_db_sync.error_handling.errors import ConfigError, TerminalError
 
 BASE_ENV = {"SOURCE_DB_NAME": "src", "TARGET_DB_NAME": "tgt"}
 
@@ -92,7 +92,13 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
 
 def test_every_variable_is_known() -> None:
     names = known_variables()
-    for name in ("SOURCE_DB_SSL_CA", "TARGET_DB_SSL_VERIFY", "POOL_TIMEOUT", "LOCK_TIMEOUT_JITTER", "TRANSACTION_TIMEOUT"):
+    for name in (
+        "SOURCE_DB_SSL_CA",
+        "TARGET_DB_SSL_VERIFY",
+        "POOL_TIMEOUT",
+        "LOCK_TIMEOUT_JITTER",
+        "TRANSACTION_TIMEOUT",
+    ):
         assert name in names
 
 
@@ -202,15 +208,26 @@ def test_identifier_in_a_key_list_is_rejected(tmp_path: Path) -> None:
 
 def test_duplicate_tables(tmp_path: Path) -> None:
     message = config_error(
-        write(tmp_path, [{"table": "actor", "primary_key": "a"}, {"table": "film", "primary_key": "f"}, {"table": "Actor", "primary_key": "a"}])
+        write(
+            tmp_path,
+            [
+                {"table": "actor", "primary_key": "a"},
+                {"table": "film", "primary_key": "f"},
+                {"table": "Actor", "primary_key": "a"},
+            ],
+        )
     )
     assert "entry 2 (table 'Actor')" in message and "duplicates entry 0" in message
 
 
 def test_unknown_key_and_wrong_types(tmp_path: Path) -> None:
-    assert "unknown key 'primay_key'" in config_error(write(tmp_path, [{"table": "t", "primary_key": "id", "primay_key": "x"}]))
+    assert "unknown key 'primay_key'" in config_error(
+        write(tmp_path, [{"table": "t", "primary_key": "id", "primay_key": "x"}])
+    )
     assert "batch_size" in config_error(write(tmp_path, [{"table": "t", "primary_key": "id", "batch_size": "10"}]))
-    assert "sync_strategy" in config_error(write(tmp_path, [{"table": "t", "primary_key": "id", "sync_strategy": "fast"}]))
+    assert "sync_strategy" in config_error(
+        write(tmp_path, [{"table": "t", "primary_key": "id", "sync_strategy": "fast"}])
+    )
 
 
 def test_incremental_needs_a_modifier(tmp_path: Path) -> None:

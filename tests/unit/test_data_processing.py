@@ -7,7 +7,7 @@ import re
 import pyarrow as pa
 import pytest
 
-from data_processing import (
+from dlt_db_sync.data_processing.codec import (
     comparable_expression,
     encode_tsv,
     enum_error_value_placeholder,
@@ -18,10 +18,12 @@ from data_processing import (
     rows_as_parameters,
     select_list,
 )
-from schema_management import Column
+from dlt_db_sync.schema_management.tables import Column
 
 
-def col(name: str, data_type: str, column_type: str | None = None, *, nullable: bool = True, charset: str | None = None) -> Column:
+def col(
+    name: str, data_type: str, column_type: str | None = None, *, nullable: bool = True, charset: str | None = None
+) -> Column:
     return Column(name, data_type, column_type or data_type, nullable, charset, f"{charset}_bin" if charset else None)
 
 
@@ -59,7 +61,19 @@ def parse_load_data(data: bytes, columns: int) -> list[tuple[bytes | None, ...]]
     return rows
 
 
-NASTY_STRINGS = ["", "\\N", "\\", "a\tb", "line\nbreak", "nul\x00byte", "😀𝄞", "\\t literal", "trailing\\", None, "\r\n"]
+NASTY_STRINGS = [
+    "",
+    "\\N",
+    "\\",
+    "a\tb",
+    "line\nbreak",
+    "nul\x00byte",
+    "😀𝄞",
+    "\\t literal",
+    "trailing\\",
+    None,
+    "\r\n",
+]
 NASTY_BYTES = [b"", b"\x00", b"\t\n\\", b"\\N", bytes(range(256)), None, b"\xff\xfe"]
 
 
@@ -84,7 +98,9 @@ def test_encode_tsv_empty_table_is_empty() -> None:
 
 def test_encode_tsv_handles_chunked_sliced_and_non_string_columns() -> None:
     chunked = pa.chunked_array([pa.array(["a", "b\t"]), pa.array(["c\n"])])
-    table = pa.table({"s": chunked, "n": pa.array([1, None, -3], pa.int64()), "big": pa.array([b"x", b"y", b"z"], pa.large_binary())})
+    table = pa.table(
+        {"s": chunked, "n": pa.array([1, None, -3], pa.int64()), "big": pa.array([b"x", b"y", b"z"], pa.large_binary())}
+    )
     assert parse_load_data(encode_tsv(table), 3) == [(b"a", b"1", b"x"), (b"b\t", None, b"y"), (b"c\n", b"-3", b"z")]
     sliced = table.slice(1, 2)
     assert parse_load_data(encode_tsv(sliced), 3) == [(b"b\t", None, b"y"), (b"c\n", b"-3", b"z")]
@@ -173,8 +189,10 @@ def test_enum_error_value_handling() -> None:
         (col("t", "datetime", "datetime"), "CAST(s.c0 AS DATETIME)"),
         (col("d", "date"), "CAST(s.c0 AS DATE)"),
         (col("b", "varbinary", "varbinary(16)"), "s.c0"),
-        (Column("e", "varchar", "varchar(9)", False, "latin1", "latin1_general_ci"),
-         "CONVERT(CONVERT(s.c0 USING utf8mb4) USING latin1) COLLATE latin1_general_ci"),
+        (
+            Column("e", "varchar", "varchar(9)", False, "latin1", "latin1_general_ci"),
+            "CONVERT(CONVERT(s.c0 USING utf8mb4) USING latin1) COLLATE latin1_general_ci",
+        ),
     ],
 )
 def test_comparable_expression_is_typed_like_the_column(column: Column, expression: str) -> None:

@@ -7,14 +7,6 @@ import re
 
 import pytest
 
-from ddl_translation import (
-    column_for_target,
-    equivalent_columns,
-    portable_type,
-    translate_column,
-    translate_create_table,
-)
-from dialect import Dialect
 from dialect_fixtures import (
     FIXTURES,
     MARIADB104,
@@ -25,7 +17,15 @@ from dialect_fixtures import (
     MYSQL84,
     fixture_statements,
 )
-from schema_management import Column
+from dlt_db_sync.database.dialect import Dialect
+from dlt_db_sync.schema_management.ddl_translation import (
+    column_for_target,
+    equivalent_columns,
+    portable_type,
+    translate_column,
+    translate_create_table,
+)
+from dlt_db_sync.schema_management.tables import Column
 
 SAKILA = fixture_statements(FIXTURES / "sakila_mysql80.sql")
 MYSQL_ALL = fixture_statements(FIXTURES / "all_types_mysql80.sql")[0]
@@ -60,7 +60,10 @@ def test_sakila_needs_nothing_where_0900_collations_exist(target: Dialect) -> No
 
 
 def test_sakila_for_mariadb_1011() -> None:
-    translated = {create.split("`")[1]: translate_create_table(create, MYSQL80, MARIADB1011, create.split("`")[1]) for create in SAKILA}
+    translated = {
+        create.split("`")[1]: translate_create_table(create, MYSQL80, MARIADB1011, create.split("`")[1])
+        for create in SAKILA
+    }
     address = translated["address"]
     assert column_line(address.sql, "location") == "geometry REF_SYSTEM_ID=0 NOT NULL"
     assert address.sql.endswith("DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_uca1400_nopad_ai_ci")
@@ -81,7 +84,9 @@ def test_sakila_for_mysql57_and_mariadb104() -> None:
         for create in SAKILA:
             sql = translate_create_table(create, MYSQL80, target, "t").sql
             assert "_0900_" not in sql and "SRID" not in sql, sql
-            assert sql.endswith("COLLATE=utf8mb4_unicode_520_ci" if target.is_mysql else "COLLATE=utf8mb4_unicode_520_nopad_ci")
+            assert sql.endswith(
+                "COLLATE=utf8mb4_unicode_520_ci" if target.is_mysql else "COLLATE=utf8mb4_unicode_520_nopad_ci"
+            )
     address = translate_create_table(SAKILA[1], MYSQL80, MYSQL57, "address")
     assert column_line(address.sql, "location") == "geometry NOT NULL"
     assert any("SRID 0 cannot be declared on MySQL 5.7.44" in w for w in address.warnings)
@@ -111,8 +116,13 @@ def test_mariadb_every_type_for_mysql80() -> None:
     for name, definition in expected.items():
         assert column_line(sql, name) == definition, name
     assert "KEY `idx_i32` (`i32`) /*!80000 INVISIBLE */," in sql
-    assert sql.endswith("ENGINE=InnoDB AUTO_INCREMENT=42 DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_0900_ai_ci COMMENT='every type'")
-    assert "table all_types column uid: type UUID does not exist on MySQL 8.0.36; stored as its text form char(36)" in result.warnings
+    assert sql.endswith(
+        "ENGINE=InnoDB AUTO_INCREMENT=42 DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_0900_ai_ci COMMENT='every type'"
+    )
+    assert (
+        "table all_types column uid: type UUID does not exist on MySQL 8.0.36; stored as its text form char(36)"
+        in result.warnings
+    )
     assert "table all_types: table option PAGE_CHECKSUM=1 does not exist on MySQL 8.0.36; left out" in result.warnings
 
 
@@ -133,17 +143,24 @@ def test_mysql_every_type_for_mariadb() -> None:
     assert column_line(sql, "uid") == "binary(16) NOT NULL"
     assert column_line(sql, "txt_default") == "text"
     assert column_line(sql, "vc") == "varchar(255) COLLATE utf8mb4_uca1400_nopad_as_cs DEFAULT NULL"
-    assert column_line(sql, "de") == "varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_uca1400_nopad_ai_ci DEFAULT NULL"
+    assert (
+        column_line(sql, "de") == "varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_uca1400_nopad_ai_ci DEFAULT NULL"
+    )
     assert column_line(sql, "gc") == "geometrycollection DEFAULT NULL"
     assert column_line(sql, "pt") == "point REF_SYSTEM_ID=4326 NOT NULL"
     assert column_line(sql, "secret") == "varchar(20) DEFAULT NULL INVISIBLE"
     assert "idx_lower_vc" not in sql and "KEY `idx_i32` (`i32`) IGNORED," in sql
     assert "CONSTRAINT `chk_i8` CHECK ((`i8` >= 0))\n)" in sql  # no dangling comma after the dropped index
     assert sql.endswith("STATS_PERSISTENT=1 COMMENT='every type; ENGINE=MyISAM in a comment'")
-    assert "table all_types: table option COMPRESSION='zlib' does not exist on MariaDB 10.11.6; left out" in result.warnings
+    assert (
+        "table all_types: table option COMPRESSION='zlib' does not exist on MariaDB 10.11.6; left out"
+        in result.warnings
+    )
     old = translate_create_table(MYSQL_ALL, MYSQL80, MARIADB104, "all_types").sql
     assert column_line(old, "vc") == "varchar(255) COLLATE utf8mb4_nopad_bin DEFAULT NULL"
-    assert column_line(old, "de") == "varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_520_nopad_ci DEFAULT NULL"
+    assert (
+        column_line(old, "de") == "varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_520_nopad_ci DEFAULT NULL"
+    )
     assert column_line(old, "v3") == "varchar(10) CHARACTER SET utf8 COLLATE utf8_general_ci DEFAULT NULL"
     assert "KEY `idx_i32` (`i32`)," in old  # no IGNORED before 10.6
 
@@ -158,21 +175,55 @@ def test_engine_becomes_innodb_with_a_warning() -> None:
 @pytest.mark.parametrize(
     ("source", "target", "definition", "expected"),
     [
-        (MARIADB1011, MYSQL80, "datetime(6) NOT NULL DEFAULT current_timestamp(6)", "datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"),
-        (MARIADB1011, MYSQL57, "timestamp NOT NULL DEFAULT current_timestamp() ON UPDATE current_timestamp()",
-         "timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP"),
-        (MARIADB1011, MYSQL80, "decimal(10,2) GENERATED ALWAYS AS (`a` * 2) PERSISTENT", "decimal(10,2) GENERATED ALWAYS AS (`a` * 2) STORED"),
+        (
+            MARIADB1011,
+            MYSQL80,
+            "datetime(6) NOT NULL DEFAULT current_timestamp(6)",
+            "datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
+        ),
+        (
+            MARIADB1011,
+            MYSQL57,
+            "timestamp NOT NULL DEFAULT current_timestamp() ON UPDATE current_timestamp()",
+            "timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP",
+        ),
+        (
+            MARIADB1011,
+            MYSQL80,
+            "decimal(10,2) GENERATED ALWAYS AS (`a` * 2) PERSISTENT",
+            "decimal(10,2) GENERATED ALWAYS AS (`a` * 2) STORED",
+        ),
         (MYSQL80, MYSQL57, "binary(16) NOT NULL DEFAULT (uuid_to_bin(uuid()))", "binary(16) NOT NULL"),
-        (MYSQL80, MYSQL84, "binary(16) NOT NULL DEFAULT (uuid_to_bin(uuid()))", "binary(16) NOT NULL DEFAULT (uuid_to_bin(uuid()))"),
+        (
+            MYSQL80,
+            MYSQL84,
+            "binary(16) NOT NULL DEFAULT (uuid_to_bin(uuid()))",
+            "binary(16) NOT NULL DEFAULT (uuid_to_bin(uuid()))",
+        ),
         (Dialect("mysql", (8, 0, 18)), MYSQL57, "int DEFAULT NULL", "int DEFAULT NULL"),
         (MARIADB1011, Dialect("mysql", (8, 0, 18)), "int(11) DEFAULT NULL", "int(11) DEFAULT NULL"),
         (MARIADB1011, Dialect("mysql", (8, 0, 22)), "int(11) DEFAULT NULL INVISIBLE", "int DEFAULT NULL"),
-        (MARIADB1011, MARIADB104, "inet6 DEFAULT NULL", "varchar(39) CHARACTER SET ascii COLLATE ascii_general_ci DEFAULT NULL"),
+        (
+            MARIADB1011,
+            MARIADB104,
+            "inet6 DEFAULT NULL",
+            "varchar(39) CHARACTER SET ascii COLLATE ascii_general_ci DEFAULT NULL",
+        ),
         (MARIADB114, MARIADB1011, "uuid NOT NULL", "uuid NOT NULL"),
-        (MARIADB114, Dialect("mariadb", (11, 4, 5)), "varchar(5) COLLATE utf8mb4_0900_ai_ci", "varchar(5) COLLATE utf8mb4_0900_ai_ci"),
+        (
+            MARIADB114,
+            Dialect("mariadb", (11, 4, 5)),
+            "varchar(5) COLLATE utf8mb4_0900_ai_ci",
+            "varchar(5) COLLATE utf8mb4_0900_ai_ci",
+        ),
         (MYSQL80, MARIADB114, "varchar(5) COLLATE utf8mb4_0900_bin", "varchar(5) COLLATE utf8mb4_nopad_bin"),
         (MARIADB1011, MYSQL57, "varchar(5) COLLATE utf8mb4_uca1400_ai_ci", "varchar(5) COLLATE utf8mb4_unicode_520_ci"),
-        (MARIADB1011, MYSQL80, "varchar(5) COLLATE utf8mb4_unicode_520_nopad_ci", "varchar(5) COLLATE utf8mb4_unicode_520_ci"),
+        (
+            MARIADB1011,
+            MYSQL80,
+            "varchar(5) COLLATE utf8mb4_unicode_520_nopad_ci",
+            "varchar(5) COLLATE utf8mb4_unicode_520_ci",
+        ),
         (MARIADB1011, MYSQL80, "point REF_SYSTEM_ID=4326 NOT NULL", "point SRID 4326 NOT NULL"),
         (MARIADB1011, MYSQL57, "point REF_SYSTEM_ID=4326 NOT NULL", "point NOT NULL"),
         (MYSQL80, MARIADB104, "point NOT NULL /*!80003 SRID 4326 */", "point REF_SYSTEM_ID=4326 NOT NULL"),
@@ -191,18 +242,26 @@ def test_comparisons_treat_translated_columns_as_the_same() -> None:
     assert equivalent_columns(column("longtext", "utf8mb4", "utf8mb4_bin"), column("json"))
     assert equivalent_columns(column("varchar(39)", "ascii", "ascii_general_ci"), column("inet6"))
     assert equivalent_columns(column("int(11)"), column("int"))
-    assert equivalent_columns(column("varchar(10)", "utf8", "utf8_general_ci"), column("varchar(10)", "utf8mb3", "utf8mb3_general_ci"))
-    assert not equivalent_columns(column("varchar(10)", "utf8", "utf8_bin"), column("varchar(10)", "utf8mb3", "utf8mb3_general_ci"))
+    assert equivalent_columns(
+        column("varchar(10)", "utf8", "utf8_general_ci"), column("varchar(10)", "utf8mb3", "utf8mb3_general_ci")
+    )
+    assert not equivalent_columns(
+        column("varchar(10)", "utf8", "utf8_bin"), column("varchar(10)", "utf8mb3", "utf8mb3_general_ci")
+    )
     assert not equivalent_columns(column("varchar(10)", "latin1"), column("varchar(10)", "utf8mb4"))
     assert not equivalent_columns(column("varchar(40)", "ascii"), column("inet6"))
-    assert not equivalent_columns(column("varchar(5)", "utf8mb4", "utf8mb4_bin"), column("varchar(5)", "utf8mb4", "utf8mb4_general_ci"))
+    assert not equivalent_columns(
+        column("varchar(5)", "utf8mb4", "utf8mb4_bin"), column("varchar(5)", "utf8mb4", "utf8mb4_general_ci")
+    )
 
 
 def test_source_columns_compare_with_the_collation_the_target_gets() -> None:
     from types import SimpleNamespace
 
     def bind(dialect: Dialect) -> SimpleNamespace:
-        return SimpleNamespace(dialect=SimpleNamespace(server_version_info=dialect.version, is_mariadb=dialect.is_mariadb))
+        return SimpleNamespace(
+            dialect=SimpleNamespace(server_version_info=dialect.version, is_mariadb=dialect.is_mariadb)
+        )
 
     source = column("varchar(5)", "utf8mb4", "utf8mb4_0900_ai_ci")
     assert column_for_target(bind(MYSQL80), bind(MARIADB1011), source).collation == "utf8mb4_uca1400_nopad_ai_ci"

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-import config
+from dlt_db_sync.config import settings as config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -117,7 +117,9 @@ def test_database_services_use_mariadb_with_healthcheck(compose: dict[str, Any],
     assert service["image"] == "mariadb:10.11"
     assert service["healthcheck"]["test"] == ["CMD", "healthcheck.sh", "--connect", "--innodb_initialized"]
     mounts = volume_targets(service)
-    init_scripts = {target: spec for target, spec in mounts.items() if target.startswith("/docker-entrypoint-initdb.d/")}
+    init_scripts = {
+        target: spec for target, spec in mounts.items() if target.startswith("/docker-entrypoint-initdb.d/")
+    }
     assert any(target.endswith("grants.sh") for target in init_scripts)
     for spec in init_scripts.values():
         assert (ROOT / spec["source"]).is_file(), spec["source"]
@@ -413,7 +415,7 @@ def test_gitlab_external_servers_get_the_readme_options(gitlab_ci: dict[str, Any
     script = " ".join(job["script"])
     assert "make test-external" in script
     for alias in ("source", "target"):
-        assert f"TEST_{alias.upper()}_URL=\"mysql://root:$MYSQL_ROOT_PASSWORD@{alias}:3306\"" in script
+        assert f'TEST_{alias.upper()}_URL="mysql://root:$MYSQL_ROOT_PASSWORD@{alias}:3306"' in script
 
 
 def test_makefile_test_external_target_runs_the_integration_suite() -> None:

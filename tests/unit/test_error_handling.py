@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import QueuePool
 
-from error_handling import (
+from dlt_db_sync.error_handling.errors import (
     ConfigError,
     DatabaseError,
     DataError,
@@ -224,8 +224,14 @@ def test_jitter_spreads_the_delays(caplog: pytest.LogCaptureFixture) -> None:
         # on_retry runs before the wait: setting stop there ends the wait at once.
         with pytest.raises(ShutdownRequested):
             call_with_retries(
-                func, what="jitter", retries=3, base_delay=10.0, max_delay=60.0, jitter=0.5,
-                stop_event=stop, on_retry=lambda _exc, stop=stop: stop.set(),
+                func,
+                what="jitter",
+                retries=3,
+                base_delay=10.0,
+                max_delay=60.0,
+                jitter=0.5,
+                stop_event=stop,
+                on_retry=lambda _exc, stop=stop: stop.set(),
             )
     delays = [float(m) for m in re.findall(r"retrying in ([\d.]+)s", caplog.text)]
     assert len(delays) == 20
@@ -259,7 +265,13 @@ def test_retry_callback_sees_each_transient_error() -> None:
     seen: list[int | None] = []
     func, _calls = failing([wrapped(2006), wrapped(1040)])
     call_with_retries(
-        func, what="x", retries=3, base_delay=0.0, max_delay=0.0, jitter=0.0,
-        stop_event=threading.Event(), on_retry=lambda exc: seen.append(mysql_error_code(exc)),
+        func,
+        what="x",
+        retries=3,
+        base_delay=0.0,
+        max_delay=0.0,
+        jitter=0.0,
+        stop_event=threading.Event(),
+        on_retry=lambda exc: seen.append(mysql_error_code(exc)),
     )
     assert seen == [2006, 1040]

@@ -12,10 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from config import DatabaseSettings, Settings
-from error_handling import StagingError
-from extraction import prefetch
-from file_staging import (
+from dlt_db_sync.config.settings import DatabaseSettings, Settings
+from dlt_db_sync.data_processing.extraction import prefetch
+from dlt_db_sync.data_processing.file_staging import (
     compression_codec,
     directory_usage_mb,
     read_parts,
@@ -24,6 +23,7 @@ from file_staging import (
     staged_batches,
     write_parts,
 )
+from dlt_db_sync.error_handling.errors import StagingError
 
 
 def settings(tmp_path: Path, compression: str = "snappy") -> Settings:
@@ -35,11 +35,13 @@ def batches(total: int, size: int) -> Iterator[pa.Table]:
     """String/binary batches like the projection produces (``id`` 1..total)."""
     for start in range(0, total, size):
         ids = range(start + 1, min(start + size, total) + 1)
-        yield pa.table({
-            "id": pa.array([str(i) for i in ids], pa.string()),
-            "note": pa.array([None if i % 7 == 0 else f"zeile {i} \t ü" for i in ids], pa.string()),
-            "raw": pa.array([bytes([i % 256, 0, 92]) for i in ids], pa.binary()),
-        })
+        yield pa.table(
+            {
+                "id": pa.array([str(i) for i in ids], pa.string()),
+                "note": pa.array([None if i % 7 == 0 else f"zeile {i} \t ü" for i in ids], pa.string()),
+                "raw": pa.array([bytes([i % 256, 0, 92]) for i in ids], pa.binary()),
+            }
+        )
 
 
 def all_rows(tables: Iterator[pa.Table]) -> list[dict[str, object]]:
@@ -52,7 +54,9 @@ def test_parts_round_trip_exactly_with_every_compression(tmp_path: Path, compres
     assert [p.name for p in paths] == [f"part-{n:06d}.parquet" for n in range(1, 5)]
     metadata = pq.ParquetFile(paths[0]).metadata
     assert metadata.num_rows == 300 and metadata.num_row_groups == 1
-    assert metadata.row_group(0).column(0).compression == ("UNCOMPRESSED" if compression == "none" else compression.upper())
+    assert metadata.row_group(0).column(0).compression == (
+        "UNCOMPRESSED" if compression == "none" else compression.upper()
+    )
     assert [pq.ParquetFile(p).metadata.num_rows for p in paths] == [300, 300, 300, 100]
     assert all_rows(read_parts(paths)) == all_rows(batches(1000, 1000))
     assert not list(tmp_path.glob("*.partial"))
@@ -80,7 +84,10 @@ def test_staged_batches_streams_and_removes_the_run_on_success(tmp_path: Path) -
 
 def test_failed_load_keeps_files_and_the_next_run_removes_them(tmp_path: Path) -> None:
     config = settings(tmp_path)
-    with pytest.raises(RuntimeError, match="injected"), staged_batches(config, "orders", batches(1000, 100), 100) as staged:
+    with (
+        pytest.raises(RuntimeError, match="injected"),
+        staged_batches(config, "orders", batches(1000, 100), 100) as staged,
+    ):
         next(staged)
         raise RuntimeError("injected load failure")
     runs = list((tmp_path / "staging" / "orders").iterdir())
@@ -98,7 +105,10 @@ def test_extraction_errors_reach_the_loader_unchanged(tmp_path: Path) -> None:
         yield from batches(100, 100)
         raise ExtractionFailed("source went away")
 
-    with pytest.raises(ExtractionFailed, match="source went away"), staged_batches(settings(tmp_path), "t", failing(), 50) as staged:
+    with (
+        pytest.raises(ExtractionFailed, match="source went away"),
+        staged_batches(settings(tmp_path), "t", failing(), 50) as staged,
+    ):
         for _ in staged:
             pass
 
@@ -106,7 +116,10 @@ def test_extraction_errors_reach_the_loader_unchanged(tmp_path: Path) -> None:
 def test_unwritable_staging_directory_is_a_staging_error(tmp_path: Path) -> None:
     blocker = tmp_path / "staging"
     blocker.write_text("not a directory")
-    with pytest.raises(StagingError, match="cannot use staging directory"), staged_batches(settings(tmp_path), "t", batches(10, 10), 10):
+    with (
+        pytest.raises(StagingError, match="cannot use staging directory"),
+        staged_batches(settings(tmp_path), "t", batches(10, 10), 10),
+    ):
         pass
 
 
@@ -203,30 +216,41 @@ def test_prefetch_re_raises_the_producers_exception_object() -> None:
 
 
 def test_paged_query_orders_by_the_qualified_key_and_binds_an_exact_integer() -> None:
-    from extraction import Paging, build_query
-    from schema_management import Column
+    from dlt_db_sync.data_processing.extraction import Paging, build_query
+    from dlt_db_sync.schema_management.tables import Column
 
-    cols = [Column("id", "bigint", "bigint(20) unsigned", False, None, None), Column("v", "varchar", "varchar(5)", True, "utf8mb4", "x")]
+    cols = [
+        Column("id", "bigint", "bigint(20) unsigned", False, None, None),
+        Column("v", "varchar", "varchar(5)", True, "utf8mb4", "x"),
+    ]
     query = build_query("t", cols, "updated_at", "2024-01-01", Paging("id", 1000), 18446744073709551615)
     sql = str(query.compile(compile_kwargs={"literal_binds": True}))
-    assert sql.endswith("WHERE `updated_at` >= '2024-01-01' AND `t`.`id` > 18446744073709551615 ORDER BY `t`.`id` LIMIT 1000")
+    assert sql.endswith(
+        "WHERE `updated_at` >= '2024-01-01' AND `t`.`id` > 18446744073709551615 ORDER BY `t`.`id` LIMIT 1000"
+    )
     first = str(build_query("t", cols, None, None, Paging("id", 10)).compile(compile_kwargs={"literal_binds": True}))
     assert first.endswith("FROM `t` ORDER BY `t`.`id` LIMIT 10")
 
 
 def test_only_single_integer_keys_are_pageable() -> None:
-    from extraction import pageable_key
-    from schema_management import Column, TableDefinition
+    from dlt_db_sync.data_processing.extraction import pageable_key
+    from dlt_db_sync.schema_management.tables import Column, TableDefinition
 
-    definition = TableDefinition("t", [Column("id", "int", "int(11)", False, None, None),
-                                       Column("code", "varchar", "varchar(5)", False, "utf8mb4", "x")], "")
+    definition = TableDefinition(
+        "t",
+        [
+            Column("id", "int", "int(11)", False, None, None),
+            Column("code", "varchar", "varchar(5)", False, "utf8mb4", "x"),
+        ],
+        "",
+    )
     assert pageable_key(definition, ("id",)) == "id"
     assert pageable_key(definition, ("code",)) is None
     assert pageable_key(definition, ("id", "code")) is None
 
 
 def test_an_operators_malloc_arena_max_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    from extraction import limit_malloc_arenas
+    from dlt_db_sync.data_processing.extraction import limit_malloc_arenas
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from config import TableSpec, load_settings, parse_tables
-from delete_guard import MassDeleteRefused, check_deletes, delete_ratio
-from error_handling import ConfigError, is_transient
-from monitoring import Metrics, SyncStatus, health_report
+from dlt_db_sync.config.settings import TableSpec, load_settings, parse_tables
+from dlt_db_sync.error_handling.errors import ConfigError, is_transient
+from dlt_db_sync.monitoring.status import Metrics, SyncStatus, health_report
+from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes, delete_ratio
 
 BASE_ENV = {"SOURCE_DB_NAME": "src", "TARGET_DB_NAME": "tgt"}
 SPEC = TableSpec("orders", ("id",), modifier="updated_at", deletes="reconcile")
@@ -57,8 +57,18 @@ def test_guard_settings_are_parsed_and_validated() -> None:
     assert (parsed.max_delete_ratio, parsed.max_clock_skew_seconds, parsed.verify_rows_per_second) == (0.25, 60, 100)
     with pytest.raises(ConfigError, match="MAX_DELETE_RATIO"):
         settings(MAX_DELETE_RATIO="1.5")
-    spec = parse_tables([{"table": "t", "primary_key": "id", "max_delete_ratio": 1.0, "allow_empty_source": True,
-                          "verify_every_minutes": 30}], "tables.json")[0]
+    spec = parse_tables(
+        [
+            {
+                "table": "t",
+                "primary_key": "id",
+                "max_delete_ratio": 1.0,
+                "allow_empty_source": True,
+                "verify_every_minutes": 30,
+            }
+        ],
+        "tables.json",
+    )[0]
     assert (spec.max_delete_ratio, spec.allow_empty_source, spec.verify_every_minutes) == (1.0, True, 30)
     with pytest.raises(ConfigError, match="max_delete_ratio"):
         parse_tables([{"table": "t", "primary_key": "id", "max_delete_ratio": 2}], "tables.json")
@@ -89,8 +99,11 @@ def test_health_and_metrics_show_the_guard_rails() -> None:
     metrics.future_modifier_rows("orders", 3)
     metrics.sweep_slice("orders", 1000, 2, 0.5)
     metrics.sweep_pass_done("orders")
-    samples = {(s.name, tuple(s.labels.values())): s.value
-               for family in text_string_to_metric_families(metrics.render().decode()) for s in family.samples}
+    samples = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+    }
     assert samples[("mass_delete_refusals_total", ("orders",))] == 1
     assert samples[("future_modifier_rows", ("orders",))] == 3
     assert samples[("verify_sweep_rows_checked_total", ("orders",))] == 1000
@@ -101,8 +114,8 @@ def test_health_and_metrics_show_the_guard_rails() -> None:
 def test_1317_is_retried_unless_the_watchdog_killed_it() -> None:
     import pymysql
 
-    from error_handling import KILLED_BY_DAEMON_KEY, DatabaseError, own_kill_error
-    from watchdog import OwnConnections
+    from dlt_db_sync.error_handling.errors import KILLED_BY_DAEMON_KEY, DatabaseError, own_kill_error
+    from dlt_db_sync.monitoring.watchdogs import OwnConnections
 
     interrupted = pymysql.err.OperationalError(1317, "Query execution was interrupted")
     assert is_transient(interrupted)  # someone else's KILL QUERY
@@ -124,15 +137,19 @@ def test_1317_is_retried_unless_the_watchdog_killed_it() -> None:
 def test_sweep_pacing_arithmetic(monkeypatch: Any) -> None:
     import threading
 
-    import verification_sweep
-    from verification_sweep import TablePass, VerificationSweep
+    from dlt_db_sync.verification import sweep as verification_sweep
+    from dlt_db_sync.verification.sweep import TablePass, VerificationSweep
 
     day = TableSpec("orders", ("id",))
     hourly = TableSpec("orders", ("id",), verify_every_minutes=60)
     sweep = VerificationSweep(None, settings(VERIFY_ROWS_PER_SECOND="5000"), [day], threading.Event(), SyncStatus())  # type: ignore[arg-type]
     assert sweep.slice_buckets() == 5  # one second of the rate, in 1,000-row buckets
-    assert VerificationSweep(None, settings(VERIFY_ROWS_PER_SECOND="10"), [day], threading.Event(),
-                             SyncStatus()).slice_buckets() == 1  # type: ignore[arg-type]
+    assert (
+        VerificationSweep(
+            None, settings(VERIFY_ROWS_PER_SECOND="10"), [day], threading.Event(), SyncStatus()
+        ).slice_buckets()
+        == 1
+    )  # type: ignore[arg-type]
     now = 1000.0
     monkeypatch.setattr(verification_sweep.time, "monotonic", lambda: now)
     current = TablePass(day, estimate=1_000_000, started=now, rows=5000)
@@ -148,8 +165,8 @@ def test_sweep_pacing_arithmetic(monkeypatch: Any) -> None:
 
 
 def test_readme_documents_every_tables_json_key() -> None:
-    from config import TABLES_SCHEMA
     from conftest import ROOT
+    from dlt_db_sync.config.settings import TABLES_SCHEMA
 
     text = (ROOT / "README.md").read_text()
     missing = [key for key in TABLES_SCHEMA["items"]["properties"] if f"`{key}`" not in text]

@@ -23,10 +23,11 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.pool import QueuePool
 
-from config import Settings, load_settings
-from error_handling import ConfigError
-from monitoring import VERSION, HealthServer, Metrics, SyncStatus, health_report, start_health_server
-from watchdog import OwnConnections, Watchdog, start_services, track_connections
+from dlt_db_sync.config.settings import Settings, load_settings
+from dlt_db_sync.error_handling.errors import ConfigError
+from dlt_db_sync.monitoring.status import VERSION, HealthServer, Metrics, SyncStatus, health_report, start_health_server
+from dlt_db_sync.monitoring.watchdogs import OwnConnections, Watchdog, start_services, track_connections
+from log_lines import logged_line
 
 SECRET = "s3cret"
 
@@ -344,7 +345,7 @@ def test_pool_warning_above_80_percent(tmp_path: Path, caplog: pytest.LogCapture
         assert not caplog.records  # 80 % is not above 80 %
         held.append(engine.connect())
         watchdog.check_pool("source", engine)
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [logged_line(r) for r in caplog.records] == [
         "CONNECTION_POOL - MONITORING - source pool utilization 100.0% above 80% (size 5, checked out 5, overflow 0)"
     ]
     for conn in held:

@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.pool import QueuePool
 
 import db_pipeline
-from config import load_settings
-from monitoring import Metrics, SyncStatus, start_health_server
+from dlt_db_sync.config.settings import load_settings
+from dlt_db_sync.monitoring.status import Metrics, SyncStatus, start_health_server
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "observability"

@@ -20,12 +20,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import config
 import db_pipeline
-from error_handling import ConfigError, call_with_retries
-from file_staging import staged_batches
-from monitoring import Metrics, SyncStatus, health_report
-from utils import setup_logging
+from dlt_db_sync.config import settings as config
+from dlt_db_sync.data_processing.file_staging import staged_batches
+from dlt_db_sync.error_handling.errors import ConfigError, call_with_retries
+from dlt_db_sync.monitoring.status import Metrics, SyncStatus, health_report
+from dlt_db_sync.utils.logging_setup import log_fields, setup_logging
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMON = ROOT / "source" / "db_pipeline.py"
@@ -73,8 +73,9 @@ def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.Captu
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {"PATH": os.environ["PATH"], **(env or {})}
-    return subprocess.run([sys.executable, str(DAEMON), *args], env=clean, capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(DAEMON), *args], env=clean, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
 
 
 def test_help_documents_the_exit_codes_and_version_prints_the_one_version() -> None:
@@ -103,9 +104,12 @@ def test_help_and_version_load_no_heavy_library() -> None:
 def test_extraction_imports_dlt_and_pandas_only_when_rows_are_extracted() -> None:
     probe = (
         "import sys; sys.path.insert(0, 'source');\n"
-        "import pipeline_management, preflight, verification, file_staging, db_pipeline\n"
+        "import db_pipeline\n"
+        "from dlt_db_sync.pipeline_management import syncer, preflight\n"
+        "from dlt_db_sync.verification import verifier\n"
+        "from dlt_db_sync.data_processing import file_staging, extraction\n"
         "before = [m for m in ('dlt', 'pandas') if m in sys.modules]\n"
-        "import extraction; extraction.preload_extraction_libraries()\n"
+        "extraction.preload_extraction_libraries()\n"
         "print(before, [m for m in ('dlt', 'pandas') if m in sys.modules])"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -165,7 +169,10 @@ def test_trd_spellings_map_to_the_settings() -> None:
     [
         ({"FILE_STAGING_ENABLED": "true", "PIPELINE_MODE": "direct"}, "contradict each other"),
         ({"FILE_STAGING_ENABLED": "false", "PIPELINE_MODE": "file_staging"}, "contradict each other"),
-        ({"FETCH_LIMIT": "500"}, "FETCH_LIMIT='500' is invalid: only 1 (no cap) is supported; set rows per extract/load chunk with CHUNK_SIZE"),
+        (
+            {"FETCH_LIMIT": "500"},
+            "FETCH_LIMIT='500' is invalid: only 1 (no cap) is supported; set rows per extract/load chunk with CHUNK_SIZE",
+        ),
         ({"FETCH_LIMIT": "0"}, "batch_size"),
         ({"DEBUG_MODE": "perhaps"}, "DEBUG_MODE"),
     ],
@@ -178,8 +185,15 @@ def test_contradicting_or_unsupported_trd_settings_are_config_errors(env: dict[s
 def test_unknown_variables_with_our_prefixes_get_one_warning_each(tmp_path: Path) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text("LOG_LEVLE=DEBUG\nTARGET_DB_PASS=x\n")
-    environ = {**BASE_ENV, "SOURCE_DB_HOSTNAME": "h", "POOL_SIZ": "3", "PIPELINES_DIR": "/x", "HOME": "/root",
-               "LOG_LEVEL": "INFO", "MARIADB_ROOT_PASSWORD": ""}
+    environ = {
+        **BASE_ENV,
+        "SOURCE_DB_HOSTNAME": "h",
+        "POOL_SIZ": "3",
+        "PIPELINES_DIR": "/x",
+        "HOME": "/root",
+        "LOG_LEVEL": "INFO",
+        "MARIADB_ROOT_PASSWORD": "",
+    }
     warnings = config.unknown_variable_warnings(environ, dotenv)
     named = [re.search(r"variable (\w+)", w).group(1) for w in warnings]  # type: ignore[union-attr]
     assert named == ["LOG_LEVLE", "PIPELINES_DIR", "POOL_SIZ", "SOURCE_DB_HOSTNAME"]
@@ -190,8 +204,9 @@ def test_env_example_offers_only_accepted_values() -> None:
     """The values a comment of .env.example lists for a choice setting are exactly the accepted ones."""
     text = (ROOT / ".env.example").read_text(encoding="utf-8")
     assert "PIPELINES_DIR" not in text
-    choices = {name: parser.allowed for name, (_attr, parser) in config.SETTING_VARIABLES.items()
-               if hasattr(parser, "allowed")}
+    choices = {
+        name: parser.allowed for name, (_attr, parser) in config.SETTING_VARIABLES.items() if hasattr(parser, "allowed")
+    }
     assert {"SANITIZE_POLICY", "PIPELINE_MODE", "LOG_LEVEL"} <= set(choices)
     for name, allowed in choices.items():
         comment = re.search(rf"^# {name}: (.*?) \(default", text, flags=re.M)
@@ -227,11 +242,13 @@ def jakarta(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_text_lines_carry_the_tz_offset_and_json_keeps_iso_8601(restore_logging: None, jakarta: None) -> None:
     stream = io.StringIO()
     setup_logging(settings_from(), stream=stream)
-    logging.getLogger("dlt_sync.test").info("SYNC_ENGINE - CYCLE - hello")
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+0700 - INFO - SYNC_ENGINE - CYCLE - hello\n", stream.getvalue())
+    logging.getLogger("dlt_sync.test").info("hello", extra=log_fields("SYNC_ENGINE", "CYCLE"))
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+0700 - INFO - SYNC_ENGINE - CYCLE - hello\n", stream.getvalue()
+    )
     stream = io.StringIO()
     setup_logging(settings_from(LOG_FORMAT="json"), stream=stream)
-    logging.getLogger("dlt_sync.test").info("SYNC_ENGINE - CYCLE - hello")
+    logging.getLogger("dlt_sync.test").info("hello", extra=log_fields("SYNC_ENGINE", "CYCLE"))
     stamp = json.loads(stream.getvalue())["timestamp"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+07:00", stamp), stamp
 
@@ -242,7 +259,7 @@ def test_log_file_gets_every_line_and_rotates(restore_logging: None, tmp_path: P
     setup_logging(settings_from(LOG_FILE=str(log_file), LOG_FILE_MAX_MB="1", LOG_FILE_BACKUPS="2"), stream=stream)
     log = logging.getLogger("dlt_sync.test")
     for number in range(3000):
-        log.info("SYNC_ENGINE - CYCLE - line %d password=hunter2 %s", number, "x" * 1000)
+        log.info("line %d password=hunter2 %s", number, "x" * 1000, extra=log_fields("SYNC_ENGINE", "CYCLE"))
     assert stream.getvalue().count("\n") == 3000  # stderr still gets everything
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["output.log", "output.log.1", "output.log.2"]
@@ -282,15 +299,37 @@ def test_recovery_time_runs_from_the_first_failure_to_the_success() -> None:
             raise ConnectionError("transient")  # classified below as retryable
         return "ok"
 
-    import error_handling
+    from dlt_db_sync.error_handling import errors as error_handling
 
     original = error_handling.is_transient
     error_handling.is_transient = lambda exc: isinstance(exc, ConnectionError)  # type: ignore[assignment]
     try:
-        assert call_with_retries(flaky, what="t", retries=3, base_delay=0.05, max_delay=0.05, jitter=0,
-                                 stop_event=threading.Event(), on_recovered=metrics.observe_recovery) == "ok"
-        assert call_with_retries(lambda: "ok", what="t", retries=3, base_delay=0.05, max_delay=0.05, jitter=0,
-                                 stop_event=threading.Event(), on_recovered=metrics.observe_recovery) == "ok"
+        assert (
+            call_with_retries(
+                flaky,
+                what="t",
+                retries=3,
+                base_delay=0.05,
+                max_delay=0.05,
+                jitter=0,
+                stop_event=threading.Event(),
+                on_recovered=metrics.observe_recovery,
+            )
+            == "ok"
+        )
+        assert (
+            call_with_retries(
+                lambda: "ok",
+                what="t",
+                retries=3,
+                base_delay=0.05,
+                max_delay=0.05,
+                jitter=0,
+                stop_event=threading.Event(),
+                on_recovered=metrics.observe_recovery,
+            )
+            == "ok"
+        )
     finally:
         error_handling.is_transient = original  # type: ignore[assignment]
     text = metrics.render().decode()
@@ -348,8 +387,9 @@ def test_compose_without_profile_lists_only_the_daemon_and_its_mounts_exist(fres
     for volume in services["dlt_pipeline"]["volumes"]:
         if volume["type"] == "bind":
             assert Path(volume["source"]).exists(), volume
-    demo = subprocess.run([*command, "--profile", "demo", "config", "--services"], cwd=fresh_clone,
-                          capture_output=True, text=True)
+    demo = subprocess.run(
+        [*command, "--profile", "demo", "config", "--services"], cwd=fresh_clone, capture_output=True, text=True
+    )
     assert demo.returncode == 0, demo.stderr
     assert set(demo.stdout.split()) == {"dlt_pipeline", "mysql_source", "mysql_target"}
     logging_options = services["dlt_pipeline"]["logging"]
@@ -373,7 +413,9 @@ exit 0
 """
 
 
-def run_deploy(tmp_path: Path, tag: str, healthy: str, **extra: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def run_deploy(
+    tmp_path: Path, tag: str, healthy: str, **extra: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     stub = bin_dir / "ssh"
@@ -382,8 +424,13 @@ def run_deploy(tmp_path: Path, tag: str, healthy: str, **extra: str) -> tuple[su
     log = tmp_path / "ssh.log"
     log.unlink(missing_ok=True)
     env = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}", "SSH_LOG": str(log), "STATE": str(tmp_path / "state"),
-        "CURRENT_TAG": "v1.2.2", "HEALTHY_TAGS": healthy, "CNT_SYNC_DB_PROD": "prod.example", "CI_COMMIT_TAG": tag,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SSH_LOG": str(log),
+        "STATE": str(tmp_path / "state"),
+        "CURRENT_TAG": "v1.2.2",
+        "HEALTHY_TAGS": healthy,
+        "CNT_SYNC_DB_PROD": "prod.example",
+        "CI_COMMIT_TAG": tag,
         **extra,
     }
     result = subprocess.run(["sh", str(DEPLOY)], env=env, capture_output=True, text=True, timeout=60)
@@ -393,7 +440,9 @@ def run_deploy(tmp_path: Path, tag: str, healthy: str, **extra: str) -> tuple[su
 def test_deploy_checks_out_the_tag_on_the_trd_host_and_waits_for_health(tmp_path: Path) -> None:
     result, calls = run_deploy(tmp_path, "v1.2.3", healthy="v1.2.3")
     assert result.returncode == 0, result.stderr
-    assert all(call.startswith("-p 2024 gitlab@prod.example cd '/docker/etl/sync-db-zains' && ") for call in calls), calls
+    assert all(call.startswith("-p 2024 gitlab@prod.example cd '/docker/etl/sync-db-zains' && ") for call in calls), (
+        calls
+    )
     commands = [call.split(" && ", 1)[1] for call in calls]
     assert commands[1:4] == [
         "git fetch --tags --force",
@@ -404,8 +453,15 @@ def test_deploy_checks_out_the_tag_on_the_trd_host_and_waits_for_health(tmp_path
 
 
 def test_deploy_rolls_back_to_the_previous_tag_and_fails_on_an_unhealthy_start(tmp_path: Path) -> None:
-    result, calls = run_deploy(tmp_path, "v1.3.0", healthy="v1.2.2", DEPLOY_SSH_PORT="22", DEPLOY_SSH_USER="ops",
-                               DEPLOY_PATH="/srv/sync", CNT_SYNC_DB_PROD="other.example")
+    result, calls = run_deploy(
+        tmp_path,
+        "v1.3.0",
+        healthy="v1.2.2",
+        DEPLOY_SSH_PORT="22",
+        DEPLOY_SSH_USER="ops",
+        DEPLOY_PATH="/srv/sync",
+        CNT_SYNC_DB_PROD="other.example",
+    )
     assert result.returncode == 1
     assert "rolling back to v1.2.2" in result.stderr and "rolled back to v1.2.2 (healthy)" in result.stderr
     assert all(call.startswith("-p 22 ops@other.example cd '/srv/sync' && ") for call in calls), calls
@@ -431,7 +487,7 @@ def test_deploy_script_is_shellcheck_clean() -> None:
 
 
 def test_sweep_follows_a_reloaded_table_list() -> None:
-    from verification_sweep import VerificationSweep
+    from dlt_db_sync.verification.sweep import VerificationSweep
 
     a, b, c = (config.TableSpec(name, ("id",)) for name in "abc")
     sweep = VerificationSweep(None, settings_from(), [a, b], threading.Event(), SyncStatus())  # type: ignore[arg-type]

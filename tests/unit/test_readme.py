@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import config
 from conftest import ROOT
+from dlt_db_sync.config import settings as config
 
 
 def test_readme_documents_every_variable() -> None:

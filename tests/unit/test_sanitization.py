@@ -10,16 +10,19 @@ import re
 import pyarrow as pa
 import pytest
 
-from dialect import Dialect
-from error_handling import DataError
-from sanitization import LoadPlan, SanitizeCounter, sql_mode_flags, unstorable_check
-from schema_management import Column
+from dlt_db_sync.data_processing.sanitization import LoadPlan, SanitizeCounter, sql_mode_flags, unstorable_check
+from dlt_db_sync.database.dialect import Dialect
+from dlt_db_sync.error_handling.errors import DataError
+from dlt_db_sync.schema_management.tables import Column
+from log_lines import logged_line
 
 STRICT_NO_ZERO = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE"
 MARIADB = Dialect("mariadb", (10, 11, 6))
 
 
-def col(name: str, data_type: str, column_type: str | None = None, *, nullable: bool = True, charset: str | None = None) -> Column:
+def col(
+    name: str, data_type: str, column_type: str | None = None, *, nullable: bool = True, charset: str | None = None
+) -> Column:
     return Column(name, data_type, column_type or data_type, nullable, charset, None)
 
 
@@ -95,7 +98,11 @@ def dates_plan(policy: str, sql_mode: str = STRICT_NO_ZERO) -> LoadPlan:
 
 def test_count_sql_is_one_aggregate_over_the_stage() -> None:
     sql = dates_plan("error").count_sql("_stage")
-    assert sql is not None and sql.startswith("SELECT SUM((CONVERT(c1 USING utf8mb4) REGEXP") and sql.endswith("FROM `_stage`")
+    assert (
+        sql is not None
+        and sql.startswith("SELECT SUM((CONVERT(c1 USING utf8mb4) REGEXP")
+        and sql.endswith("FROM `_stage`")
+    )
     assert sql.count("SUM(") == 3  # da, dn, ts
     assert dates_plan("error", "STRICT_ALL_TABLES").count_sql("_stage") is None
 
@@ -169,6 +176,6 @@ def test_counter_adds_committed_chunks_and_logs_once_per_column(caplog: pytest.L
     assert counter.counts == {"da": 5}
     caplog.set_level(logging.WARNING, logger="dlt_sync")
     counter.log("orders")
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [logged_line(r) for r in caplog.records] == [
         "DATA_PROCESSING - SANITIZE - orders.da: 5 value(s) set to NULL (zero date, forbidden by the target sql_mode NO_ZERO_DATE)"
     ]

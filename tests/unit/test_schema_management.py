@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schema_management import (
+from dlt_db_sync.schema_management.tables import (
     Column,
     TableDefinition,
     column_definitions,
@@ -96,8 +96,14 @@ def test_is_widening(old: Column, new: Column, widening: bool) -> None:
 
 @pytest.mark.parametrize(
     ("column_type", "normal"),
-    [("int(11)", "int"), ("bigint(20) unsigned", "bigint unsigned"), ("year(4)", "year"), ("varchar(20)", "varchar(20)"),
-     ("decimal(10,2)", "decimal(10,2)"), ("enum('A')", "enum('A')")],
+    [
+        ("int(11)", "int"),
+        ("bigint(20) unsigned", "bigint unsigned"),
+        ("year(4)", "year"),
+        ("varchar(20)", "varchar(20)"),
+        ("decimal(10,2)", "decimal(10,2)"),
+        ("enum('A')", "enum('A')"),
+    ],
 )
 def test_normalized_type(column_type: str, normal: str) -> None:
     assert normalized_type(column_type) == normal
@@ -147,7 +153,10 @@ def test_column_definitions() -> None:
     assert list(definitions) == ["id", "customer_id", "we`ird", "doc", "total", "updated_at"]
     assert definitions["id"] == "bigint(20) unsigned NOT NULL AUTO_INCREMENT"
     assert definitions["we`ird"] == "varchar(10) DEFAULT 'a,b'"
-    assert definitions["doc"] == "longtext CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL CHECK (json_valid(`doc`))"
+    assert (
+        definitions["doc"]
+        == "longtext CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL CHECK (json_valid(`doc`))"
+    )
     assert definitions["total"] == "decimal(10,2) NOT NULL DEFAULT 0.00 COMMENT 'sum, with tax'"
     assert definitions["updated_at"].endswith("ON UPDATE current_timestamp(6)")
 
@@ -187,8 +196,15 @@ def test_target_create_sql_strips_the_counter_before_a_hash_partition_clause() -
 
 @pytest.mark.parametrize(
     ("extra", "generated"),
-    [("VIRTUAL GENERATED", True), ("STORED GENERATED", True), ("DEFAULT_GENERATED", False),
-     ("DEFAULT_GENERATED on update CURRENT_TIMESTAMP", False), ("auto_increment", False), ("", False), (None, False)],
+    [
+        ("VIRTUAL GENERATED", True),
+        ("STORED GENERATED", True),
+        ("DEFAULT_GENERATED", False),
+        ("DEFAULT_GENERATED on update CURRENT_TIMESTAMP", False),
+        ("auto_increment", False),
+        ("", False),
+        (None, False),
+    ],
 )
 def test_is_generated_extra(extra: str | None, generated: bool) -> None:
     assert is_generated_extra(extra) is generated

@@ -26,9 +26,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import QueuePool
 
-from config import Settings, load_settings
-from monitoring import HISTORY_LENGTH, HealthServer, SyncStatus, start_health_server
-from status_page import prefers_html, render_status_page, sparkline
+from dlt_db_sync.config.settings import Settings, load_settings
+from dlt_db_sync.monitoring.status import HISTORY_LENGTH, HealthServer, SyncStatus, start_health_server
+from dlt_db_sync.monitoring.status_page import prefers_html, render_status_page, sparkline
 
 SECRET = "s3cret"
 EVIL_ERROR = f'MySQL error 1146: <script>alert("owned")</script> via mysql+pymysql://sync:{SECRET}@db/prod'

@@ -8,8 +8,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from data_processing import encode_tsv
-from target_loader import rechunk
+from dlt_db_sync.data_processing.codec import encode_tsv
+from dlt_db_sync.data_processing.loader import rechunk
 
 
 def table(start: int, stop: int) -> pa.Table:
@@ -59,6 +59,7 @@ def test_rechunk_unifies_string_and_large_string_batches() -> None:
 
 def reference_tsv(rows: list[tuple[bytes | None, ...]]) -> bytes:
     """The LOAD DATA format spelled out in Python, one row at a time."""
+
     def field(value: bytes | None) -> bytes:
         if value is None:
             return b"\\N"
@@ -76,7 +77,9 @@ def test_encode_tsv_matches_the_reference_for_sliced_and_mixed_columns(seed: int
     for c in range(rng.randint(1, 4)):
         plain = rng.random() < 0.5  # a column without any byte that needs escaping
         values = [
-            None if rng.random() < 0.2 else b"".join(rng.choice(alphabet[::6] if plain else alphabet) for _ in range(rng.randint(0, 4)))
+            None
+            if rng.random() < 0.2
+            else b"".join(rng.choice(alphabet[::6] if plain else alphabet) for _ in range(rng.randint(0, 4)))
             for _ in range(n)
         ]
         kind = rng.choice([pa.binary(), pa.string(), pa.large_binary()])
@@ -84,8 +87,15 @@ def test_encode_tsv_matches_the_reference_for_sliced_and_mixed_columns(seed: int
     data = pa.table(columns)
     offset = rng.randint(0, n - 1)
     sliced = data.slice(offset, rng.randint(1, n - offset))
-    rows = list(zip(*[[v if v is None or isinstance(v, bytes) else v.encode() for v in sliced.column(i).to_pylist()]
-                      for i in range(sliced.num_columns)], strict=True))
+    rows = list(
+        zip(
+            *[
+                [v if v is None or isinstance(v, bytes) else v.encode() for v in sliced.column(i).to_pylist()]
+                for i in range(sliced.num_columns)
+            ],
+            strict=True,
+        )
+    )
     assert encode_tsv(sliced) == reference_tsv(rows)
 
 
@@ -97,8 +107,8 @@ def test_encode_tsv_does_not_escape_bytes_outside_the_slice() -> None:
 def loader(max_concurrent: int = 3, persistent_stage: bool = False) -> Any:
     import threading
 
-    from config import DatabaseSettings, Settings
-    from target_loader import TargetLoader
+    from dlt_db_sync.config.settings import DatabaseSettings, Settings
+    from dlt_db_sync.data_processing.loader import TargetLoader
 
     db = DatabaseSettings(role="target", host="127.0.0.1", port=3306, name="x", user="u", password="")
     settings = Settings(source=db, target=db, max_concurrent_transactions=max_concurrent, lock_timeout_retries=0)

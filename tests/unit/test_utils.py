@@ -11,24 +11,20 @@ from pathlib import Path
 import orjson
 import pytest
 
-from config import Settings, load_settings
-from utils import (
-    LogProgress,
-    NullProgress,
-    StagingMonitor,
+from dlt_db_sync.config.settings import Settings, load_settings
+from dlt_db_sync.monitoring.resources import StagingMonitor, directory_usage
+from dlt_db_sync.utils.formatting import (
     as_utc,
-    directory_usage,
     format_cycle_summary,
     format_duration,
     format_rate,
     format_rows,
     format_table_summary,
     iso,
-    mask_all,
-    mask_secrets,
-    progress,
-    setup_logging,
 )
+from dlt_db_sync.utils.logging_setup import log_fields, mask_all, mask_secrets, setup_logging
+from dlt_db_sync.utils.progress import LogProgress, NullProgress, progress
+from log_lines import logged_line
 
 SECRET = "s3cret"
 URL = f"mysql+pymysql://u:{SECRET}@h/db"
@@ -101,7 +97,7 @@ TEXT_LINE = re.compile(
 
 def emit_everything(log: logging.Logger) -> None:
     """Records with a password in arguments, message text, exceptions (chained) and a library logger."""
-    log.info("SYNC_ENGINE - TABLE_SYNC - orders: 10 rows via %s", URL)
+    log.info("orders: 10 rows via %s", URL, extra=log_fields("SYNC_ENGINE", "TABLE_SYNC"))
     log.warning("plain message with password=%s", SECRET)
     try:
         try:
@@ -109,7 +105,7 @@ def emit_everything(log: logging.Logger) -> None:
         except ConnectionError as inner:
             raise RuntimeError(f"engine {URL} failed, PASS={SECRET}") from inner
     except RuntimeError:
-        log.exception("DATABASE - CONNECT - failed for %s", URL)
+        log.exception("failed for %s", URL, extra=log_fields("DATABASE", "CONNECT"))
     logging.getLogger("sqlalchemy.pool").warning("library says %s", URL)
 
 
@@ -211,12 +207,12 @@ def test_progress_logs_at_most_every_interval(caplog: pytest.LogCaptureFixture) 
             for _ in range(19):  # 9.5 s: no line yet
                 clock.now += 0.5
                 bar.advance(50_000)
-            assert not [r for r in caplog.records if "PROGRESS" in r.getMessage()]
+            assert not [r for r in caplog.records if "PROGRESS" in logged_line(r)]
             clock.now += 3.13  # 12.63 s after the start, 1.2 million rows
             bar.advance(250_000)
             clock.now += 1
             bar.advance(10)  # only 1 s after the last line: silent
-    lines = [r.getMessage() for r in caplog.records if "PROGRESS" in r.getMessage()]
+    lines = [logged_line(r) for r in caplog.records if "PROGRESS" in logged_line(r)]
     assert len(lines) == 1
     assert lines[0] == "SYNC_ENGINE - PROGRESS - orders: 1.2 million / 5 million rows (24%), 95k rows/s, ETA 40 seconds"
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-import chunk_compare
-from chunk_compare import (
+from dlt_db_sync.config.settings import DatabaseSettings, Settings, TableSpec
+from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.verification import chunk_compare
+from dlt_db_sync.verification.chunk_compare import (
     ChunkResult,
     ChunkSums,
     CompareSpec,
@@ -24,9 +26,7 @@ from chunk_compare import (
     range_condition,
     row_hash_sql,
 )
-from config import DatabaseSettings, Settings, TableSpec
-from schema_management import Column
-from verification import REPORT_HEADER, ReconcileSchedule, VerifyReport, format_report, run_verify
+from dlt_db_sync.verification.verifier import REPORT_HEADER, ReconcileSchedule, VerifyReport, format_report, run_verify
 
 
 def col(name: str, data_type: str, nullable: bool = False, charset: str | None = None) -> Column:
@@ -174,7 +174,9 @@ def test_reconcile_schedule_every_n_minutes_and_failed_runs_stay_due() -> None:
 def test_report_lines() -> None:
     same = VerifyReport("orders", 10, 10, 2, 0, 0, 0, 0, 0.5)
     assert same.identical and format_report(same).endswith("identical")
-    assert len(format_report(same).split()) == len(REPORT_HEADER.split()) - 3  # "source rows", "target rows", "diff chunks"
+    assert (
+        len(format_report(same).split()) == len(REPORT_HEADER.split()) - 3
+    )  # "source rows", "target rows", "diff chunks"
     different = VerifyReport("orders", 10, 11, 2, 1, 0, 1, 2, 0.5, note="after repair")
     assert not different.identical and "DIFFERENT (3 rows) - after repair" in format_report(different)
     failed = VerifyReport("orders", error="MySQL error 1146")

@@ -1,0 +1,1 @@
+"""Database access: engines and connections, the server dialect (MySQL or MariaDB), server facts, the sync state table and leases."""

@@ -1,0 +1,1 @@
+"""Errors: the one exception hierarchy, classification by MySQL error code, and the retry policy."""

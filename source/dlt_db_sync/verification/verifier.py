@@ -1,0 +1,630 @@
+"""Verification and repair of synced tables, delete propagation, and the full-refresh decision.
+
+All three rest on :mod:`chunk_compare`'s chunked checksums:
+
+* ``--verify [TABLE ...]`` compares every column and prints, per table, the rows, the chunks
+  compared, the differing chunks and rows (missing in the target / extra in the target / changed)
+  and the seconds; ``--repair`` re-copies the differing rows through :class:`TargetLoader` and
+  deletes the rows missing from the source, then verifies again.
+* ``"deletes": "reconcile"`` tables get a key-only comparison after their sync (every N cycles or
+  minutes, see :class:`ReconcileSchedule`) and lose exactly the target rows whose key no longer
+  exists in the source. Every candidate is looked up in the source again right before its
+  ``DELETE``, so a row that reappeared meanwhile is kept. Nothing else is ever deleted.
+* A full-refresh table is left alone when identical, repaired chunk by chunk when few chunks
+  differ, and reloaded by the shadow swap only when many do (:func:`refresh_by_chunks`).
+
+Every path that deletes asks :mod:`delete_guard` first (no mass delete by accident), and repair
+deletes a target row only when the source lacks its key byte for byte ('A' is not 'a'), so
+collation-equal keys converge. ``--print`` lists what repair would do and changes nothing.
+
+The source is only read. Target writes are short transactions of at most ``DELETE_BATCH`` rows
+(deletes) or ``CHUNK_SIZE`` rows (upserts), each holding a write slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TextIO
+
+import pyarrow as pa
+
+from dlt_db_sync.config.settings import SanitizePolicy, Settings, TableSpec
+from dlt_db_sync.data_processing.codec import select_list
+from dlt_db_sync.data_processing.loader import LoadPath, TargetLoader
+from dlt_db_sync.database.engines import Engines, server_allows_local_infile
+from dlt_db_sync.error_handling.errors import (
+    SchemaError,
+    ShutdownRequested,
+    SyncError,
+    call_with_retries,
+    describe_error,
+    retry_kwargs,
+)
+from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes
+from dlt_db_sync.schema_management.tables import (
+    Column,
+    TableDefinition,
+    describe_table,
+    ensure_target_table,
+    table_exists,
+)
+from dlt_db_sync.utils.logging_setup import log_fields
+from dlt_db_sync.verification.chunk_compare import (
+    CompareMode,
+    CompareSpec,
+    Comparison,
+    Differences,
+    Key,
+    build_spec,
+    compare_table,
+    execute,
+    key_condition,
+    qi,
+)
+
+logger = logging.getLogger("dlt_sync.verification")
+
+EXIT_IDENTICAL, EXIT_DIFFERENT, EXIT_UNKNOWN_TABLE = 0, 1, 2
+CHUNK_SECONDS = 0.5  # time budget of one chunk on the slower server
+PARALLEL_CHUNKS = 2  # ranges compared at once (each on both servers concurrently)
+REPAIR_FRACTION = 0.1  # full refresh: repair by chunks below this share of differing chunks
+DELETE_BATCH = 500  # keys per DELETE transaction
+EXISTS_BATCH = 200  # keys per source re-check
+FETCH_BATCH = 1_000  # keys per source SELECT when re-copying rows
+MAX_DISPLACEMENT_ROUNDS = 5  # re-copies of rows displaced by unique values that moved between rows
+
+
+def _batched(items: Sequence[Key], size: int) -> Iterator[Sequence[Key]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------- comparison set-up
+def describe_for_compare(
+    engines: Engines, table: str, key: Sequence[str], mode: CompareMode
+) -> tuple[TableDefinition, CompareSpec]:
+    """The source definition of ``table`` and the comparison spec on ``key`` (read-only).
+
+    Raises:
+        SchemaError: the source table is missing or ``key`` is not one of its unique keys.
+    """
+    with engines.source.connect() as source, engines.target.connect() as target:
+        if not table_exists(source, table):
+            raise SchemaError(f"table {table!r} does not exist in the source database")
+        source_def = describe_table(source, table)
+        return source_def, build_spec(source, target, source_def, key, mode)
+
+
+def compare(engines: Engines, stop_event: threading.Event, spec: CompareSpec, **kwargs: Any) -> Comparison:
+    """:func:`chunk_compare.compare_table` with this module's time budget and parallelism."""
+    kwargs.setdefault("time_budget", CHUNK_SECONDS)
+    kwargs.setdefault("parallel", PARALLEL_CHUNKS)
+    return compare_table(engines, spec, stop_event, **kwargs)
+
+
+# --------------------------------------------------------------------------- target writes
+def collation_folds(col: Column) -> bool:
+    """Whether ``col``'s collation holds different strings equal ('a' = 'A', 'a' = 'a ')."""
+    return col.charset is not None and not col.is_binary and not (col.collation or "").endswith("_bin")
+
+
+def exact_key_match(columns: Sequence[Column]) -> tuple[str, Any]:
+    """One key's equality, byte for byte: (condition, function key -> parameters).
+
+    A folding column is compared twice: by its own collation (so its index is used) and under
+    ``utf8mb4_bin`` (so 'a' does not find 'A').
+    """
+    parts: list[str] = []
+    for col in columns:
+        name = qi(col.name)
+        parts.append(f"{name} = %s AND {name} = %s COLLATE utf8mb4_bin" if collation_folds(col) else f"{name} = %s")
+    doubled = [collation_folds(c) for c in columns]
+
+    def params(key: Key) -> list[Any]:
+        return [v for v, twice in zip(key, doubled, strict=True) for v in ((v, v) if twice else (v,))]
+
+    return " AND ".join(parts), params
+
+
+def absent_in_source(engines: Engines, spec: CompareSpec, keys: Sequence[Key], exact: bool = False) -> list[Key]:
+    """The keys among ``keys`` that the source does not hold: by the server's own key equality, or
+    with ``exact`` byte for byte (repair: 'A' in the target is not the source's 'a')."""
+    absent: list[Key] = []
+    condition = " AND ".join(f"{qi(k)} = %s" for k in spec.key)
+    params: Any = list
+    if exact:
+        condition, params = exact_key_match(spec.key_columns)
+    for batch in _batched(keys, EXISTS_BATCH):
+        sql = " UNION ALL ".join(f"(SELECT {i} FROM {qi(spec.table)} WHERE {condition})" for i in range(len(batch)))
+        with engines.source.connect() as conn:
+            found = {int(r[0]) for r in execute(conn, sql, [v for k in batch for v in params(k)]).fetchall()}
+        absent.extend(k for i, k in enumerate(batch) if i not in found)
+    return absent
+
+
+def _delete_batch(engines: Engines, stop_event: threading.Event, spec: CompareSpec, keys: Sequence[Key]) -> int:
+    where, params = key_condition(spec.key, keys)
+    with engines.write_slot(stop_event), engines.target.begin() as conn:
+        return int(execute(conn, f"DELETE FROM {qi(spec.table)} WHERE {where}", params).rowcount)
+
+
+def delete_target_rows(
+    engines: Engines,
+    settings: Settings,
+    stop_event: threading.Event,
+    spec: CompareSpec,
+    keys: Sequence[Key],
+    exact: bool = False,
+) -> int:
+    """Delete from the target those of ``keys`` the source no longer holds; returns rows deleted.
+
+    ``exact``: compare keys byte for byte (see :func:`absent_in_source`); repair re-copies the
+    source's row afterwards. Delete reconciliation keeps the collation's equality.
+    """
+    deleted = 0
+    for batch in _batched(keys, DELETE_BATCH):
+        gone = absent_in_source(engines, spec, batch, exact)
+        if not gone:
+            continue
+        deleted += call_with_retries(
+            lambda gone=gone: _delete_batch(engines, stop_event, spec, gone),
+            what=f"deleting {len(gone)} rows from {spec.table}",
+            stop_event=stop_event,
+            **retry_kwargs(settings),
+        )
+    return deleted
+
+
+def _arrow(columns: Sequence[Column], rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+    """Rows of the exact projection (text or bytes per column) as an Arrow table."""
+    arrays = {
+        c.name: pa.array([r[i] for r in rows], type=pa.binary() if c.is_binary else pa.string())
+        for i, c in enumerate(columns)
+    }
+    return pa.table(arrays)
+
+
+def source_rows(
+    engines: Engines, source_def: TableDefinition, key: Sequence[str], keys: Sequence[Key]
+) -> Iterator[pa.Table]:
+    """The source rows with ``keys`` in the exact projection of ``select_list``, batch by batch."""
+    columns = source_def.loaded_columns
+    projection = select_list(columns).replace("%", "%%")
+    for batch in _batched(keys, FETCH_BATCH):
+        where, params = key_condition(key, batch)
+        with engines.source.connect() as conn:
+            rows = execute(conn, f"SELECT {projection} FROM {qi(source_def.name)} WHERE {where}", params).fetchall()
+        yield _arrow(columns, rows)
+
+
+def copy_rows(
+    engines: Engines,
+    settings: Settings,
+    stop_event: threading.Event,
+    load_path: LoadPath,
+    source_def: TableDefinition,
+    key: Sequence[str],
+    keys: Sequence[Key],
+    sanitize: SanitizePolicy = "error",
+) -> int:
+    """Upsert the source's current version of the rows with ``keys`` into the target (under the
+    table's sanitization policy ``sanitize``, as a sync would)."""
+    copied = 0
+    for _round in range(MAX_DISPLACEMENT_ROUNDS):
+        if not keys:
+            return copied
+        loader = TargetLoader(engines, settings, stop_event, load_path, sanitize=sanitize, label=source_def.name)
+        batches = source_rows(engines, source_def, key, keys)
+        copied += loader.load(
+            source_def.name,
+            source_def.loaded_columns,
+            tuple(key),
+            batches,
+            into_empty=False,
+            chunk_rows=settings.chunk_size,
+        )
+        # Rows whose stale unique values blocked these copies were removed; bring their current version.
+        keys = loader.displaced_keys
+    raise SyncError(
+        f"table {source_def.name!r}: unique values kept moving between rows while re-copying them "
+        f"({len(keys)} row(s) still displaced after {MAX_DISPLACEMENT_ROUNDS} rounds); the next cycle tries again"
+    )
+
+
+def repair_differences(
+    engines: Engines,
+    settings: Settings,
+    stop_event: threading.Event,
+    load_path: LoadPath,
+    source_def: TableDefinition,
+    spec: CompareSpec,
+    differences: Differences,
+    sanitize: SanitizePolicy = "error",
+) -> tuple[int, int]:
+    """Delete the extra rows, then re-copy the missing and changed ones; (copied, deleted).
+
+    Deleting first matters: a key equal to another under the column's collation ('a' and 'A')
+    must not have its re-copied row removed afterwards.
+    """
+    deleted = delete_target_rows(engines, settings, stop_event, spec, differences.extra, exact=True)
+    copied = copy_rows(
+        engines,
+        settings,
+        stop_event,
+        load_path,
+        source_def,
+        spec.key,
+        differences.missing + differences.changed,
+        sanitize,
+    )
+    return copied, deleted
+
+
+def guard_comparison(spec: TableSpec, settings: Settings, comparison: Comparison, deleting: int, what: str) -> None:
+    """:func:`delete_guard.check_deletes` with the row counts of ``comparison`` (both sides)."""
+    check_deletes(
+        spec,
+        settings,
+        target_rows=comparison.target_rows,
+        deleting=deleting,
+        source_rows=comparison.source_rows,
+        what=what,
+    )
+
+
+# --------------------------------------------------------------------------- delete propagation
+@dataclass
+class ReconcileSchedule:
+    """When a ``"deletes": "reconcile"`` table is due (state of one TableSyncer, not global).
+
+    Due at the first successful sync, then every ``reconcile_every_cycles`` syncs (default 1
+    when neither setting is given) or once ``reconcile_every_minutes`` have passed, whichever
+    comes first when both are given.
+    """
+
+    syncs_since: dict[str, int] = field(default_factory=dict)
+    last_run: dict[str, float] = field(default_factory=dict)
+
+    def due(self, spec: TableSpec, now: float | None = None) -> bool:
+        """Count one successful sync of ``spec`` and say whether reconciliation should run now."""
+        if spec.deletes != "reconcile":
+            return False
+        now = time.monotonic() if now is None else now
+        count = self.syncs_since[spec.table] = self.syncs_since.get(spec.table, 0) + 1
+        last = self.last_run.get(spec.table)
+        if last is None:
+            return True
+        cycles = spec.reconcile_every_cycles or (1 if spec.reconcile_every_minutes is None else None)
+        if cycles is not None and count >= cycles:
+            return True
+        return spec.reconcile_every_minutes is not None and now - last >= spec.reconcile_every_minutes * 60
+
+    def done(self, table: str, now: float | None = None) -> None:
+        """Reconciliation of ``table`` succeeded."""
+        self.syncs_since[table] = 0
+        self.last_run[table] = time.monotonic() if now is None else now
+
+
+def reconcile_deletes(
+    engines: Engines, settings: Settings, stop_event: threading.Event, spec: TableSpec
+) -> tuple[int, Comparison]:
+    """Delete the target rows whose key no longer exists in the source; (rows deleted, comparison)."""
+    _source_def, compare_spec = describe_for_compare(engines, spec.table, spec.primary_key, "keys")
+    comparison = compare(engines, stop_event, compare_spec)
+    extra = comparison.differences.extra if comparison.differences else []
+    guard_comparison(spec, settings, comparison, len(extra), "delete reconciliation")
+    deleted = delete_target_rows(engines, settings, stop_event, compare_spec, extra) if extra else 0
+    logger.info(
+        "%s: %d chunks compared by key, %d differing, %d target rows without source row, %d deleted in %.2fs",
+        spec.table,
+        len(comparison.chunks),
+        len(comparison.differing_chunks),
+        len(extra),
+        deleted,
+        comparison.seconds,
+        extra=log_fields("VERIFY", "DELETES"),
+    )
+    return deleted, comparison
+
+
+# --------------------------------------------------------------------------- full refresh
+@dataclass
+class RefreshOutcome:
+    """What the chunked comparison decided for a full-refresh table."""
+
+    action: Literal["identical", "repaired", "swap"]
+    comparison: Comparison
+    copied: int = 0
+    deleted: int = 0
+
+
+def refresh_by_chunks(
+    engines: Engines,
+    settings: Settings,
+    stop_event: threading.Event,
+    spec: TableSpec,
+    load_path: LoadPath,
+    max_fraction: float = REPAIR_FRACTION,
+) -> RefreshOutcome:
+    """Compare all columns; repair the differing rows when under ``max_fraction`` of the chunks
+    differ, else leave the reload (shadow swap) to the caller."""
+    source_def, compare_spec = describe_for_compare(engines, spec.table, spec.primary_key, "rows")
+
+    def few(found: Comparison) -> bool:
+        return 0 < len(found.differing_chunks) < max_fraction * len(found.chunks)
+
+    comparison = compare(engines, stop_event, compare_spec, resolve=few)
+    if comparison.identical:
+        return RefreshOutcome("identical", comparison)
+    if comparison.differences is None:
+        return RefreshOutcome("swap", comparison)
+    guard_comparison(spec, settings, comparison, len(comparison.differences.extra), "full refresh (repair by chunks)")
+    copied, deleted = repair_differences(
+        engines,
+        settings,
+        stop_event,
+        load_path,
+        source_def,
+        compare_spec,
+        comparison.differences,
+        spec.sanitize or settings.sanitize_policy,
+    )
+    logger.info(
+        "%s: %d of %d chunks differed; repaired by chunks: %d rows copied, %d deleted",
+        spec.table,
+        len(comparison.differing_chunks),
+        len(comparison.chunks),
+        copied,
+        deleted,
+        extra=log_fields("VERIFY", "REFRESH"),
+    )
+    return RefreshOutcome("repaired", comparison, copied, deleted)
+
+
+# --------------------------------------------------------------------------- --verify
+@dataclass
+class VerifyReport:
+    """One table's line of ``--verify`` output."""
+
+    table: str
+    source_rows: int = 0
+    target_rows: int = 0
+    chunks: int = 0
+    differing_chunks: int = 0
+    missing: int = 0
+    extra: int = 0
+    changed: int = 0
+    seconds: float = 0.0
+    note: str = ""
+    error: str | None = None
+
+    @property
+    def differences(self) -> int:
+        return self.missing + self.extra + self.changed
+
+    @property
+    def identical(self) -> bool:
+        return self.error is None and self.differences == 0 and self.differing_chunks == 0
+
+    @classmethod
+    def from_comparison(cls, comparison: Comparison) -> VerifyReport:
+        found = comparison.differences or Differences()
+        return cls(
+            comparison.table,
+            comparison.source_rows,
+            comparison.target_rows,
+            len(comparison.chunks),
+            len(comparison.differing_chunks),
+            len(found.missing),
+            len(found.extra),
+            len(found.changed),
+            comparison.seconds,
+        )
+
+
+REPORT_HEADER = (
+    f"{'table':<30} {'source rows':>12} {'target rows':>12} {'chunks':>7} {'diff chunks':>11} "
+    f"{'missing':>8} {'extra':>8} {'changed':>8} {'seconds':>8}  result"
+)
+
+
+def format_report(report: VerifyReport) -> str:
+    """One aligned line under :data:`REPORT_HEADER`."""
+    if report.error is not None:
+        return f"{report.table:<30} ERROR: {report.error}"
+    result = "identical" if report.identical else f"DIFFERENT ({report.differences} rows)"
+    if report.note:
+        result += f" - {report.note}"
+    return (
+        f"{report.table:<30} {report.source_rows:>12} {report.target_rows:>12} {report.chunks:>7} "
+        f"{report.differing_chunks:>11} {report.missing:>8} {report.extra:>8} {report.changed:>8} "
+        f"{report.seconds:>8.2f}  {result}"
+    )
+
+
+class Verifier:
+    """Runs ``--verify`` (and ``--repair``) table by table, feeding status and metrics."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        settings: Settings,
+        stop_event: threading.Event,
+        status: Any = None,
+        metrics: Any = None,
+        out: TextIO | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.engines = engines
+        self.settings = settings
+        self.stop_event = stop_event
+        self.status = status
+        self.metrics = metrics
+        self.out = out or sys.stdout
+        self.dry_run = dry_run  # --print: list what --repair would do, change nothing
+        self._load_path: LoadPath | None = None
+
+    def load_path(self) -> LoadPath:
+        if self._load_path is None:
+            self._load_path = "load_data" if server_allows_local_infile(self.engines.target) else "insert"
+        return self._load_path
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def _retrying(self, func: Any, what: str) -> Any:
+        return call_with_retries(func, what=what, stop_event=self.stop_event, **retry_kwargs(self.settings))
+
+    def _compare(
+        self, spec: TableSpec, repair: bool
+    ) -> tuple[VerifyReport, Comparison | None, TableDefinition, CompareSpec]:
+        """Compare all columns; with ``repair`` the target table is first created or evolved like a sync would."""
+        if repair:
+            with self.engines.source.connect() as source, self.engines.target.connect() as target:
+                ensure_target_table(source, target, spec.table)
+                target.commit()
+        source_def, compare_spec = describe_for_compare(self.engines, spec.table, spec.primary_key, "rows")
+        with self.engines.target.connect() as target:
+            exists = table_exists(target, spec.table)
+        if not exists:
+            started = time.monotonic()
+            with self.engines.source.connect() as source:
+                rows = int(execute(source, f"SELECT COUNT(*) FROM {qi(spec.table)}").scalar() or 0)
+            report = VerifyReport(
+                spec.table, rows, 0, 0, 0, rows, 0, 0, time.monotonic() - started, note="target table missing"
+            )
+            return report, None, source_def, compare_spec
+        comparison = compare(self.engines, self.stop_event, compare_spec)
+        return VerifyReport.from_comparison(comparison), comparison, source_def, compare_spec
+
+    def _refused(self, table: str, message: str) -> None:
+        if self.status is not None:
+            self.status.delete_refused(table, message)
+        if self.metrics is not None:
+            self.metrics.delete_refused(table)
+
+    def _print_plan(
+        self, spec: TableSpec, report: VerifyReport, comparison: Comparison | None, names: Sequence[str]
+    ) -> None:
+        """``--print``: what ``--repair`` would do to ``spec.table``, key by key; nothing is changed."""
+        indent = " " * 31
+        if comparison is None or comparison.differences is None:
+            self._print(f"{indent}would create the target table and copy all {report.missing} source rows")
+            return
+        found = comparison.differences
+        copies = found.missing + found.changed
+        self._print(
+            f"{indent}would copy {len(copies)} rows ({len(found.missing)} missing, {len(found.changed)} "
+            f"changed) and delete {len(found.extra)} rows:"
+        )
+        for label, keys in (("copy  ", found.missing), ("update", found.changed), ("delete", found.extra)):
+            for key in keys:
+                self._print(f"{indent}  {label} " + ", ".join(f"{n}={v!r}" for n, v in zip(names, key, strict=True)))
+        try:
+            guard_comparison(spec, self.settings, comparison, len(found.extra), "--verify --repair")
+        except MassDeleteRefused as exc:
+            self._print(f"{indent}--repair would be REFUSED: {exc}")
+
+    def _feed(self, report: VerifyReport) -> None:
+        if self.status is not None:
+            self.status.table_verified(report.table, report.differences)
+        if self.metrics is not None and report.differences:
+            self.metrics.differences(report.table, report.differences)
+
+    def verify(self, spec: TableSpec, repair: bool) -> bool:
+        """Verify (and repair) one table, printing its line(s); True when finally identical."""
+        try:
+            report, comparison, source_def, compare_spec = self._retrying(
+                lambda: self._compare(spec, repair and not self.dry_run), f"verifying {spec.table}"
+            )
+        except ShutdownRequested:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported as this table's line; the others still run
+            logger.debug("%s traceback", spec.table, exc_info=True, extra=log_fields("VERIFY", "TABLE"))
+            self._print(format_report(VerifyReport(spec.table, error=describe_error(exc))))
+            return False
+        self._print(format_report(report))
+        self._feed(report)
+        if self.dry_run and not report.identical:
+            self._print_plan(spec, report, comparison, compare_spec.key)
+            return False
+        if report.identical or not repair or comparison is None or comparison.differences is None:
+            return report.identical
+        differences = comparison.differences
+        try:
+            guard_comparison(spec, self.settings, comparison, len(differences.extra), "--verify --repair")
+        except MassDeleteRefused as exc:
+            self._print(f"{'':<30} REFUSED: {exc}")
+            self._refused(spec.table, str(exc))
+            return False
+        started = time.monotonic()
+        copied, deleted = self._retrying(
+            lambda: repair_differences(
+                self.engines,
+                self.settings,
+                self.stop_event,
+                self.load_path(),
+                source_def,
+                compare_spec,
+                differences,
+                spec.sanitize or self.settings.sanitize_policy,
+            ),
+            f"repairing {spec.table}",
+        )
+        if deleted and self.status is not None:
+            self.status.table_deleted(spec.table, deleted)
+        if deleted and self.metrics is not None:
+            self.metrics.rows_deleted(spec.table, deleted)
+        self._print(
+            f"{'':<30} repaired: {copied} rows re-copied, {deleted} rows deleted in {time.monotonic() - started:.2f}s"
+        )
+        after, _comparison, _def, _spec = self._retrying(lambda: self._compare(spec, False), f"verifying {spec.table}")
+        after.note = (after.note + "; " if after.note else "") + "after repair"
+        self._print(format_report(after))
+        self._feed(after)
+        return after.identical
+
+
+def run_verify(
+    engines: Engines,
+    settings: Settings,
+    specs: Sequence[TableSpec],
+    tables: Sequence[str],
+    repair: bool,
+    stop_event: threading.Event,
+    status: Any = None,
+    metrics: Any = None,
+    out: TextIO | None = None,
+    print_only: bool = False,
+) -> int:
+    """``--verify [TABLE ...] [--repair] [--print]``: 0 when every table is identical (after repair),
+    1 otherwise, 2 when a named table is not in tables.json. ``print_only`` (``--print``) lists
+    the rows repair would copy and delete, key by key, and changes nothing."""
+    by_name = {s.table: s for s in specs}
+    unknown = [t for t in tables if t not in by_name]
+    if unknown:
+        print(
+            f"unknown table(s) {', '.join(unknown)}: not in {settings.tables_file} "
+            f"(configured: {', '.join(by_name) or 'none'})",
+            file=sys.stderr,
+        )
+        return EXIT_UNKNOWN_TABLE
+    chosen = [by_name[t] for t in dict.fromkeys(tables)] if tables else list(specs)
+    verifier = Verifier(engines, settings, stop_event, status, metrics, out, dry_run=print_only)
+    verifier._print(REPORT_HEADER)
+    code = EXIT_IDENTICAL
+    for spec in chosen:
+        if stop_event.is_set():
+            return EXIT_DIFFERENT
+        try:
+            identical = verifier.verify(spec, repair)
+        except ShutdownRequested:
+            return EXIT_DIFFERENT
+        if not identical:
+            code = EXIT_DIFFERENT
+    return code
