@@ -27,8 +27,8 @@ tools:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core prometheus >/dev/null || \
 	    echo "could not install chromium/prometheus: their tests will be skipped"; }
 
-## Run the whole test suite (unit + integration on throwaway MariaDB servers).
-test: $(STAMP) tools
+## Run the whole test suite (style and type checks, unit + integration on throwaway MariaDB servers).
+test: $(STAMP) tools lint
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
 
 ## The integration suite against running servers (MySQL or MariaDB), e.g.
@@ -48,8 +48,11 @@ fuzz: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
+## Style and types: ruff's rules and formatting, mypy --strict on the package (pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check source tests bench
+	$(VENV)/bin/ruff format --check source tests bench
+	$(VENV)/bin/mypy
 
 ## Start two local MariaDB servers with a demo schema and run the daemon against them.
 demo: $(STAMP)

@@ -309,13 +309,19 @@ def test_gitlab_build_job_builds_the_image_and_pushes_nothing(gitlab_ci: dict[st
     assert "docker push" not in GITLAB_CI.read_text() and "CI_REGISTRY" not in GITLAB_CI.read_text()
 
 
-def test_gitlab_lint_job_runs_ruff_at_the_pinned_version(gitlab_ci: dict[str, Any]) -> None:
+def test_gitlab_lint_job_runs_the_checks_of_make_lint_at_the_pinned_versions(gitlab_ci: dict[str, Any]) -> None:
+    """The lint job and `make lint` (part of `make test`) run the same three checks."""
     job = gitlab_ci["lint"]
     assert job["stage"] == "test"
     script = "\n".join(job["script"])
-    assert "ruff check source tests bench" in script
-    assert "grep '^ruff==' requirements-dev.txt" in script
-    assert re.search(r"^ruff==", (ROOT / "requirements-dev.txt").read_text(), flags=re.M)
+    makefile = (ROOT / "Makefile").read_text()
+    lint_recipe = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    for check in ("ruff check source tests bench", "ruff format --check source tests bench", "mypy"):
+        assert check in script and check in lint_recipe, check
+    assert "-r requirements-dev.txt" in script
+    for tool in ("ruff", "mypy"):
+        assert re.search(rf"^{tool}==", (ROOT / "requirements-dev.txt").read_text(), flags=re.M), tool
+    assert re.search(r"^test: .*\blint\b", makefile, flags=re.M)
 
 
 def test_gitlab_deploy_runs_only_on_version_tags(gitlab_ci: dict[str, Any]) -> None:

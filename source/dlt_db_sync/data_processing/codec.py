@@ -187,7 +187,8 @@ def encode_tsv_buffer(table: pa.Table) -> pa.Buffer:
 
 def encode_tsv(table: pa.Table) -> bytes:
     """:func:`encode_tsv_buffer` as Python bytes."""
-    return encode_tsv_buffer(table).to_pybytes()
+    data: bytes = encode_tsv_buffer(table).to_pybytes()
+    return data
 
 
 def rows_as_parameters(table: pa.Table) -> list[tuple[object, ...]]:

@@ -49,7 +49,7 @@ def choose_backend(settings: Settings, source_def: TableDefinition, modifier: st
     TIMESTAMP modifier (interpreted in the session time zone) must run over pyarrow instead.
     """
     if settings.extract_backend != "auto":
-        return settings.extract_backend  # type: ignore[return-value]
+        return settings.extract_backend
     if importlib.util.find_spec("connectorx") is None or settings.source.uses_tls:
         return "pyarrow"
     if modifier:

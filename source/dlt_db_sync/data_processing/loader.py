@@ -13,6 +13,7 @@ KEY UPDATE`` on the table's own primary key: an idempotent upsert, never a ``DEL
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -136,7 +137,7 @@ class TargetLoader:
                 raise ShutdownRequested(f"shutdown requested: {table} stopped after {total} rows")
             chunk = self._align(chunk, columns)
             call_with_retries(
-                lambda chunk=chunk: self._apply_chunk(table, columns, key, chunk, into_empty),
+                functools.partial(self._apply_chunk, table, columns, key, chunk, into_empty),
                 what=f"loading {chunk.num_rows} rows into {table}",
                 stop_event=self.stop_event,
                 on_retry=self._on_retry,

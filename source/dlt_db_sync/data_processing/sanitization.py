@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -155,7 +156,7 @@ class LoadPlan:
         sums = ", ".join(f"SUM({c.on(f'c{c.index}')})" for c in self.checks)
         return f"SELECT {sums} FROM {q(stage)}"
 
-    def counts(self, row: Sequence[object] | None) -> dict[str, int]:
+    def counts(self, row: Sequence[Any] | None) -> dict[str, int]:
         """Column name -> offending values, from the row of :meth:`count_sql`."""
         values = list(row or [None] * len(self.checks))
         return {c.column.name: int(v or 0) for c, v in zip(self.checks, values, strict=True)}

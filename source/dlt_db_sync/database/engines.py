@@ -118,7 +118,7 @@ def minimum_pool(db: DatabaseSettings, settings: Settings) -> int:
     return CONNECTIONS_PER_TABLE + (1 if db.role == "target" and settings.lease_enabled else 0)
 
 
-class BoundedHandshakeConnection(pymysql.connections.Connection):
+class BoundedHandshakeConnection(pymysql.connections.Connection):  # type: ignore[misc]  # pymysql ships no types
     """A pymysql connection whose greeting and login are bounded by ``connect_timeout``.
 
     pymysql reads the server greeting with ``read_timeout`` (ten minutes here, for long queries),
@@ -128,7 +128,7 @@ class BoundedHandshakeConnection(pymysql.connections.Connection):
     """
 
     def connect(self, sock: Any = None) -> None:
-        read_timeout = self._read_timeout
+        read_timeout: Any = getattr(self, "_read_timeout")  # noqa: B009 - pymysql's attribute, untyped
         self._read_timeout = self.connect_timeout
         try:
             super().connect(sock)

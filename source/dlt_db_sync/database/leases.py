@@ -62,7 +62,7 @@ class LeaseManager:
                 )
                 self._forget()
         self.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        self.connection_id = int(self.conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar())
+        self.connection_id = int(self.conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())
         for slot in range(MAX_REPLICAS):
             if self.conn.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (self._slot_lock(slot),)).scalar() == 1:
                 self.slot = slot
@@ -94,10 +94,8 @@ class LeaseManager:
     def live_replicas(self, conn: Connection) -> int:
         """How many replicas hold a slot lock right now (at least 1: this one)."""
         checks = ", ".join("IS_USED_LOCK(%s) IS NOT NULL" for _ in range(MAX_REPLICAS))
-        row = conn.exec_driver_sql(
-            f"SELECT {checks}", tuple(self._slot_lock(i) for i in range(MAX_REPLICAS))
-        ).fetchone()
-        return max(1, sum(1 for used in row if used))
+        row = conn.exec_driver_sql(f"SELECT {checks}", tuple(self._slot_lock(i) for i in range(MAX_REPLICAS))).one()
+        return max(1, len([used for used in row if used]))
 
     def acquire(self, specs: Sequence[TableSpec]) -> list[TableSpec]:
         """Take or keep this replica's fair share of table leases; return the owned tables."""

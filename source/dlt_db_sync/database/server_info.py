@@ -71,7 +71,7 @@ def read_server_info(conn: Connection, role: str) -> ServerInfo:
     row = conn.exec_driver_sql(
         "SELECT VERSION(), @@version_comment, @@SESSION.sql_mode, @@GLOBAL.local_infile, "
         "@@lower_case_table_names, @@collation_server"
-    ).fetchone()
+    ).one()
     names = ", ".join(f"'{name}'" for name in _OPTIONAL_VARIABLES)
     optional = {
         str(r[0]).lower(): r[1] for r in conn.exec_driver_sql(f"SHOW VARIABLES WHERE Variable_name IN ({names})")

@@ -172,7 +172,7 @@ def describe_error(exc: BaseException) -> str:
         while current is not None:
             orig = getattr(current, "orig", None)
             source = orig if orig is not None else current
-            args = getattr(source, "args", ())
+            args: tuple[Any, ...] = tuple(getattr(source, "args", ()))
             if len(args) >= 2 and isinstance(args[0], int):
                 driver_message = str(args[1])
                 break

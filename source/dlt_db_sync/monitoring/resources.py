@@ -82,7 +82,7 @@ class ProcessSampler:
 
     def memory_mb(self) -> float:
         """Resident set size in MB."""
-        return round(self._process.memory_info().rss / (1024 * 1024), 1)
+        return round(float(self._process.memory_info().rss) / (1024 * 1024), 1)
 
     def cpu_percent(self) -> float:
         """CPU use since the previous sample (100 = one core)."""

@@ -461,7 +461,7 @@ class _ScrapeTimeCollector:
         self.metrics = metrics
 
     # (key, metric name, help, labels)
-    FAMILIES = (
+    FAMILIES: tuple[tuple[str, str, str, list[str]], ...] = (
         ("pool_size", "connection_pool_size", "Configured connection pool size", ["database"]),
         ("pool_out", "connection_pool_checked_out", "Connections checked out of the pool", ["database"]),
         ("memory", "memory_usage_mb", "Resident memory of the daemon in MB", []),

@@ -64,7 +64,7 @@ def target_watermark(
         f"SELECT CAST(MAX({column}) - {interval} AS CHAR), CAST(CAST(%s AS {kind}) - {interval} AS CHAR) "
         f"FROM {q(table)} WHERE {column} <= CAST(%s AS {kind})",
         (cap, cap),
-    ).fetchone()
+    ).one()
     return newest, row[0] if row[0] is not None else row[1]
 
 
@@ -131,7 +131,7 @@ def null_modifier_fingerprint(
 ) -> tuple[int, int]:
     """(rows, checksum of every column) of the rows whose modifier is NULL."""
     sql = null_modifier_sql(table, modifier, f"COUNT(*), BIT_XOR({row_hash})", index)
-    row = conn.exec_driver_sql(sql.replace("%%", "%")).fetchone()
+    row = conn.exec_driver_sql(sql.replace("%%", "%")).one()
     return int(row[0]), int(row[1] or 0)
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from sqlalchemy.engine import Connection
@@ -98,6 +98,10 @@ from dlt_db_sync.utils.progress import progress
 from dlt_db_sync.verification.chunk_compare import row_hash_sql
 from dlt_db_sync.verification.verifier import ReconcileSchedule, copy_rows, reconcile_deletes, refresh_by_chunks
 
+if TYPE_CHECKING:
+    from dlt_db_sync.database.leases import LeaseManager
+    from dlt_db_sync.monitoring.status import Metrics
+
 logger = logging.getLogger("dlt_sync.pipeline_management")
 
 # In direct mode connectorx reads at most this many chunks per query (see TableSyncer._extraction_plan).
@@ -163,8 +167,8 @@ class TableSyncer:
         settings: Settings,
         status: SyncStatus,
         stop_event: threading.Event,
-        metrics: Any = None,
-        leases: Any = None,
+        metrics: Metrics | None = None,
+        leases: LeaseManager | None = None,
     ) -> None:
         self.engines = engines
         self.settings = settings
@@ -233,7 +237,7 @@ class TableSyncer:
         results: list[TableResult] = []
         self._clean_staging(specs)
         if self.leases is not None:
-            specs = self._leased(specs)
+            specs = self._leased(self.leases, specs)
         self._refresh_schemas(specs)
         batches = [specs[i : i + self.settings.batch_size] for i in range(0, len(specs), self.settings.batch_size)]
         for number, batch in enumerate(batches, start=1):
@@ -307,10 +311,10 @@ class TableSyncer:
             )
         self.status.set_staging_usage(usage.usage_mb, usage.files_count)
 
-    def _leased(self, specs: Sequence[TableSpec]) -> list[TableSpec]:
+    def _leased(self, leases: LeaseManager, specs: Sequence[TableSpec]) -> list[TableSpec]:
         """The tables this replica holds a lease on (taking its fair share of free ones)."""
         try:
-            owned = self.leases.acquire(specs)
+            owned = leases.acquire(specs)
         except Exception as exc:  # noqa: BLE001 - without leases this replica syncs nothing this cycle
             logger.error(
                 "cannot take table leases: %s; skipping this cycle",

@@ -24,6 +24,7 @@ Same flavor and version in, the text comes out unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -308,7 +309,7 @@ def translate_create_table(create_sql: str, source: Dialect, target: Dialect, ta
                 column.group(4),
                 source,
                 target,
-                lambda m, name=name: result.warnings.append(f"table {table} column {name}: {m}"),
+                functools.partial(_append_warning, result.warnings, f"table {table} column {name}"),
             )
             out.append(f"{column.group(1)}`{column.group(2)}`{column.group(3)}{definition}{column.group(5)}")
             continue
@@ -412,3 +413,8 @@ def check_target_engine(target: Connection, table: str) -> None:
             f"target table {table!r} uses the {engine} engine; the daemon needs InnoDB (transactions): "
             f"ALTER TABLE {table} ENGINE=InnoDB on the target, or drop it to have it recreated"
         )
+
+
+def _append_warning(warnings: list[str], where: str, message: str) -> None:
+    """Collect a translation warning about ``where`` (a table or one of its columns)."""
+    warnings.append(f"{where}: {message}")

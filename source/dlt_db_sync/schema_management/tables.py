@@ -182,7 +182,7 @@ def column_definitions(create_sql: str) -> dict[str, str]:
 
 def describe_table(conn: Connection, table: str) -> TableDefinition:
     """Columns and ``SHOW CREATE TABLE`` of ``table``."""
-    create_sql = conn.exec_driver_sql(f"SHOW CREATE TABLE {q(table)}").fetchone()[1]
+    create_sql = str(conn.exec_driver_sql(f"SHOW CREATE TABLE {q(table)}").one()[1])
     return TableDefinition(table, fetch_columns(conn, table), create_sql, column_definitions(create_sql))
 
 

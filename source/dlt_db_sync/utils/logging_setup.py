@@ -105,7 +105,7 @@ class TextFormatter(logging.Formatter):
     their UTC offset, ``2026-12-02 12:30:45+0700``, so lines stay unambiguous across zones.
     """
 
-    converter = time.localtime
+    converter = staticmethod(time.localtime)
 
     def __init__(self) -> None:
         super().__init__(datefmt="%Y-%m-%d %H:%M:%S%z")

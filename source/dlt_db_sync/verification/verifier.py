@@ -23,6 +23,7 @@ The source is only read. Target writes are short transactions of at most ``DELET
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -172,7 +173,7 @@ def delete_target_rows(
         if not gone:
             continue
         deleted += call_with_retries(
-            lambda gone=gone: _delete_batch(engines, stop_event, spec, gone),
+            functools.partial(_delete_batch, engines, stop_event, spec, gone),
             what=f"deleting {len(gone)} rows from {spec.table}",
             stop_event=stop_event,
             **retry_kwargs(settings),
@@ -554,7 +555,7 @@ class Verifier:
             self._print_plan(spec, report, comparison, compare_spec.key)
             return False
         if report.identical or not repair or comparison is None or comparison.differences is None:
-            return report.identical
+            return bool(report.identical)
         differences = comparison.differences
         try:
             guard_comparison(spec, self.settings, comparison, len(differences.extra), "--verify --repair")
@@ -587,7 +588,7 @@ class Verifier:
         after.note = (after.note + "; " if after.note else "") + "after repair"
         self._print(format_report(after))
         self._feed(after)
-        return after.identical
+        return bool(after.identical)
 
 
 def run_verify(
