@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "source"))
 from db_pipeline import run_cycle  # noqa: E402
 from dlt_db_sync.config.settings import TableSpec, load_settings, load_tables  # noqa: E402
 from dlt_db_sync.database.engines import create_engines  # noqa: E402
-from dlt_db_sync.monitoring.status import SyncStatus  # noqa: E402
+from dlt_db_sync.monitoring.run_state import SyncStatus  # noqa: E402
 from dlt_db_sync.pipeline_management.syncer import TableResult, TableSyncer  # noqa: E402
 from dlt_db_sync.utils.logging_setup import setup_logging  # noqa: E402
 

@@ -50,7 +50,7 @@ class Rig:
     def __init__(self, source: MariaDBServer, target: MariaDBServer, rate: float | None) -> None:
         from dlt_db_sync.config.settings import TableSpec, load_settings
         from dlt_db_sync.database.engines import create_engines
-        from dlt_db_sync.monitoring.status import SyncStatus
+        from dlt_db_sync.monitoring.run_state import SyncStatus
         from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
         env = environ(source, target)

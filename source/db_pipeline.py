@@ -25,7 +25,7 @@ from dlt_db_sync.error_handling.errors import ConfigError
 from dlt_db_sync.utils.logging_setup import log_fields
 
 if TYPE_CHECKING:
-    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.monitoring.run_state import SyncStatus
     from dlt_db_sync.pipeline_management.syncer import TableSyncer
     from dlt_db_sync.verification.sweep import VerificationSweep
 
@@ -368,8 +368,10 @@ def run_mode(args: argparse.Namespace, settings: Settings, specs: tuple[TableSpe
     """Create the engines and run ``--check``, ``--verify``, ``--once`` or the daemon loop."""
     from dlt_db_sync.database.engines import Engines, check_connectivity, create_engines
     from dlt_db_sync.error_handling.errors import SyncError, describe_error
-    from dlt_db_sync.monitoring.status import Metrics, SyncStatus
-    from dlt_db_sync.monitoring.watchdogs import start_services, track_engines
+    from dlt_db_sync.monitoring.metrics import Metrics
+    from dlt_db_sync.monitoring.run_state import SyncStatus
+    from dlt_db_sync.monitoring.services import start_services
+    from dlt_db_sync.monitoring.watchdogs import track_engines
 
     stop = signals.stop
     status = SyncStatus()

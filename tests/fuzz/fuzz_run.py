@@ -31,7 +31,7 @@ from fuzz_case import Case, Step, generate, q
 
 from dlt_db_sync.config import settings as config
 from dlt_db_sync.database.engines import create_engines
-from dlt_db_sync.monitoring.status import SyncStatus
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.syncer import TableSyncer
 from dlt_db_sync.verification.verifier import Verifier
 from mariadb_server import MariaDBServer

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlt_db_sync.config import settings as config
 from dlt_db_sync.database.engines import create_engines
-from dlt_db_sync.monitoring.status import SyncStatus
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.syncer import TableResult, TableSyncer
 from mariadb_server import MariaDBServer
 

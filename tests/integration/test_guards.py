@@ -37,7 +37,7 @@ def target_digest(env: SyncEnv, table: str = "t") -> list[tuple[Any, ...]]:
 
 
 def health_of(syncer: Any) -> dict[str, Any]:
-    from dlt_db_sync.monitoring.status import health_report
+    from dlt_db_sync.monitoring.health import health_report
 
     return health_report(syncer.settings, syncer.status.snapshot(), {}, {})[1]
 
@@ -304,7 +304,7 @@ def test_1317_from_another_session_is_retried(sync_env: SyncEnv) -> None:
 
 def test_1317_from_our_watchdog_is_not_retried(sync_env: SyncEnv) -> None:
     from dlt_db_sync.error_handling.errors import DatabaseError
-    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.monitoring.run_state import SyncStatus
     from dlt_db_sync.monitoring.watchdogs import Watchdog
 
     def watchdog_kill(connection_id: int, own: Any, settings: Any, engines: Any) -> None:

@@ -29,7 +29,9 @@ def fetch(port: int, path: str, accept: str) -> str:
 def test_real_cycles_feed_the_page_and_the_metrics(sync_env: SyncEnv) -> None:
     from db_pipeline import run_cycle
     from dlt_db_sync.database.engines import create_engines
-    from dlt_db_sync.monitoring.status import Metrics, SyncStatus, start_health_server
+    from dlt_db_sync.monitoring.http_server import start_health_server
+    from dlt_db_sync.monitoring.metrics import Metrics
+    from dlt_db_sync.monitoring.run_state import SyncStatus
     from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
     sync_env.src("CREATE TABLE countries (code CHAR(2) PRIMARY KEY, name VARCHAR(64) NOT NULL)")

@@ -60,7 +60,7 @@ class Syncer:
     def __init__(self, env: SyncEnv, specs: list[Any], **overrides: Any) -> None:
         from dlt_db_sync.config.settings import load_settings
         from dlt_db_sync.database.engines import create_engines
-        from dlt_db_sync.monitoring.status import SyncStatus
+        from dlt_db_sync.monitoring.run_state import SyncStatus
         from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
         self.settings = load_settings(env.environ(**overrides), dotenv_path=None)

@@ -119,7 +119,7 @@ def test_sweep_keeps_to_its_rate_and_the_table_period(
 
 def test_sweep_guarded_and_ignore_tables_keep_their_rows(sync_env: SyncEnv, make_syncer: Any) -> None:
     from dlt_db_sync.config.settings import TableSpec
-    from dlt_db_sync.monitoring.status import health_report
+    from dlt_db_sync.monitoring.health import health_report
 
     for table in ("rec", "ign"):
         sync_env.src(

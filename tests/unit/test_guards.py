@@ -9,7 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dlt_db_sync.config.settings import TableSpec, load_settings, parse_tables
 from dlt_db_sync.error_handling.errors import ConfigError, is_transient
-from dlt_db_sync.monitoring.status import Metrics, SyncStatus, health_report
+from dlt_db_sync.monitoring.health import health_report
+from dlt_db_sync.monitoring.metrics import Metrics
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes, delete_ratio
 
 BASE_ENV = {"SOURCE_DB_NAME": "src", "TARGET_DB_NAME": "tgt"}

@@ -23,10 +23,14 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.pool import QueuePool
 
-from dlt_db_sync.config.settings import Settings, load_settings
+from dlt_db_sync.config.settings import VERSION, Settings, load_settings
 from dlt_db_sync.error_handling.errors import ConfigError
-from dlt_db_sync.monitoring.status import VERSION, HealthServer, Metrics, SyncStatus, health_report, start_health_server
-from dlt_db_sync.monitoring.watchdogs import OwnConnections, Watchdog, start_services, track_connections
+from dlt_db_sync.monitoring.health import health_report
+from dlt_db_sync.monitoring.http_server import HealthServer, start_health_server
+from dlt_db_sync.monitoring.metrics import Metrics
+from dlt_db_sync.monitoring.run_state import SyncStatus
+from dlt_db_sync.monitoring.services import start_services
+from dlt_db_sync.monitoring.watchdogs import OwnConnections, Watchdog, track_connections
 from log_lines import logged_line
 
 SECRET = "s3cret"

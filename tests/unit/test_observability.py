@@ -27,7 +27,9 @@ from sqlalchemy.pool import QueuePool
 
 import db_pipeline
 from dlt_db_sync.config.settings import load_settings
-from dlt_db_sync.monitoring.status import Metrics, SyncStatus, start_health_server
+from dlt_db_sync.monitoring.http_server import start_health_server
+from dlt_db_sync.monitoring.metrics import Metrics
+from dlt_db_sync.monitoring.run_state import SyncStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "observability"

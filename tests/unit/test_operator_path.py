@@ -24,7 +24,9 @@ import db_pipeline
 from dlt_db_sync.config import settings as config
 from dlt_db_sync.data_processing.file_staging import staged_batches
 from dlt_db_sync.error_handling.errors import ConfigError, call_with_retries
-from dlt_db_sync.monitoring.status import Metrics, SyncStatus, health_report
+from dlt_db_sync.monitoring.health import health_report
+from dlt_db_sync.monitoring.metrics import Metrics
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.utils.logging_setup import log_fields, setup_logging
 
 ROOT = Path(__file__).resolve().parents[2]

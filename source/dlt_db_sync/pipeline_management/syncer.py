@@ -67,7 +67,7 @@ from dlt_db_sync.error_handling.errors import (
     retry_kwargs,
 )
 from dlt_db_sync.index_management import advise_source_modifier_index, check_merge_key, ensure_modifier_index
-from dlt_db_sync.monitoring.status import SyncStatus
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.change_detection import (
     Fingerprint,
     count_rows,
@@ -100,7 +100,7 @@ from dlt_db_sync.verification.verifier import ReconcileSchedule, copy_rows, reco
 
 if TYPE_CHECKING:
     from dlt_db_sync.database.leases import LeaseManager
-    from dlt_db_sync.monitoring.status import Metrics
+    from dlt_db_sync.monitoring.metrics import Metrics
 
 logger = logging.getLogger("dlt_sync.pipeline_management")
 
