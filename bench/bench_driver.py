@@ -30,8 +30,8 @@ from dlt_db_sync.utils.logging_setup import setup_logging  # noqa: E402
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (kernel high-water mark), in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set size so far (kernel high-water mark), in MB (10^6 bytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss is in KiB
 
 
 class RecordingSyncer(TableSyncer):

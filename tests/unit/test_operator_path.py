@@ -265,7 +265,7 @@ def test_log_file_gets_every_line_and_rotates(restore_logging: None, tmp_path: P
     assert stream.getvalue().count("\n") == 3000  # stderr still gets everything
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["output.log", "output.log.1", "output.log.2"]
-    assert all(p.stat().st_size <= 1024 * 1024 for p in tmp_path.iterdir())
+    assert all(p.stat().st_size <= 1_000_000 for p in tmp_path.iterdir())  # MB = 10^6 bytes
     assert "line 2999" in log_file.read_text() and "hunter2" not in log_file.read_text()
 
 

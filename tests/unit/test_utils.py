@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from dlt_db_sync.config.settings import Settings, load_settings
-from dlt_db_sync.monitoring.resources import StagingMonitor, directory_usage
+from dlt_db_sync.monitoring.resources import ProcessSampler, StagingMonitor, directory_usage
 from dlt_db_sync.utils.formatting import (
     as_utc,
     format_cycle_summary,
@@ -251,8 +252,8 @@ def test_progress_bar_on_a_terminal() -> None:
 def test_directory_usage_and_staging_monitor(tmp_path: Path) -> None:
     assert directory_usage(tmp_path / "missing") == (0.0, 0)
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "one.parquet").write_bytes(b"x" * 1024 * 1024)
-    (tmp_path / "two.parquet").write_bytes(b"x" * 512 * 1024)
+    (tmp_path / "a" / "one.parquet").write_bytes(b"x" * 1_000_000)  # MB = 10^6 bytes (README)
+    (tmp_path / "two.parquet").write_bytes(b"x" * 500_000)
     assert directory_usage(tmp_path) == (1.5, 2)
     seen: list[tuple[float, int]] = []
     monitor = StagingMonitor(tmp_path, lambda mb, files: seen.append((mb, files)))
@@ -260,3 +261,9 @@ def test_directory_usage_and_staging_monitor(tmp_path: Path) -> None:
     assert seen == [(1.5, 2)]
     monitor.refresh_in_background_if_stale(1.0)  # fresh enough: nothing happens
     assert seen == [(1.5, 2)]
+
+
+def test_memory_is_reported_in_mb_of_a_million_bytes() -> None:
+    # MiB would read 4.9 % lower; two RSS readings a moment apart differ far less than that.
+    reported = ProcessSampler().memory_mb()
+    assert reported == pytest.approx(psutil.Process().memory_info().rss / 1e6, rel=0.01)

@@ -103,8 +103,8 @@ def connectorx_url(db: DatabaseSettings) -> str:
     user = quote(db.user, safe="")
     auth = f"{user}:{password}" if db.password else user
     # connectorx's client refuses a row over its own packet limit (the server's max_allowed_packet,
-    # 16 MiB by default) where pymysql reads any row: rows of several large BLOBs need the
-    # protocol's maximum, 1 GiB.
+    # 16777216 bytes by default) where pymysql reads any row: rows of several large BLOBs need the
+    # protocol's maximum, 1073741824 bytes.
     return f"mysql://{auth}@{db.host}:{db.port}/{quote(db.name, safe='')}?max_allowed_packet=1073741824"
 
 

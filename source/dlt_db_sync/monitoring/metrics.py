@@ -39,9 +39,9 @@ class _ScrapeTimeCollector:
     FAMILIES: tuple[tuple[str, str, str, list[str]], ...] = (
         ("pool_size", "connection_pool_size", "Configured connection pool size", ["database"]),
         ("pool_out", "connection_pool_checked_out", "Connections checked out of the pool", ["database"]),
-        ("memory", "memory_usage_mb", "Resident memory of the daemon in MB", []),
+        ("memory", "memory_usage_mb", "Resident memory of the daemon in MB (10^6 bytes)", []),
         ("cpu", "cpu_usage_percent", "CPU use of the daemon (100 = one core)", []),
-        ("staging", "staging_directory_usage_mb", "Size of the file-staging directory in MB", []),
+        ("staging", "staging_directory_usage_mb", "Size of the file-staging directory in MB (10^6 bytes)", []),
         ("lag", "table_lag_seconds", "Seconds since the table was last known to be in sync", ["table"]),
         ("pool_use", "connection_pool_utilization_percent", "Checked out / (pool size + overflow)", ["database"]),
         ("db_up", "database_up", "1 when the database was reachable at the last contact, 0 when not", ["database"]),

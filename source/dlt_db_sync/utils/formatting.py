@@ -7,6 +7,15 @@ from typing import Any
 
 import humanize
 
+# The one size unit of the daemon: metrics, the health document, settings and logs say MB and mean
+# 10^6 bytes (not MiB), as the README states once.
+BYTES_PER_MB = 1_000_000
+
+
+def megabytes(n_bytes: float, digits: int = 3) -> float:
+    """``n_bytes`` in MB (10^6 bytes), rounded to ``digits`` decimals."""
+    return round(n_bytes / BYTES_PER_MB, digits)
+
 
 def format_rows(n: int | float) -> str:
     """A row count for people: ``950,000``; ``1.2 million``; ``5 million``."""
