@@ -69,5 +69,9 @@ def test_real_cycles_feed_the_page_and_the_metrics(sync_env: SyncEnv) -> None:
     assert samples[("table_consecutive_failures", (("table", "missing"),))] == 2
     assert samples[("table_consecutive_failures", (("table", "countries"),))] == 0
     assert samples[("cycle_duration_seconds_count", ())] == 2
+    # Fed by the syncer itself, not by the test (tests/unit drive these directly).
+    assert samples[("batch_processing_time_count", ())] >= 2  # at least one batch per cycle
+    assert samples[("records_processed_total", (("table", "countries"),))] == 2
+    assert samples[("sync_duration_seconds_count", (("table", "missing"),))] == 2
     assert samples[("sync_interval_seconds", ())] == 1
     assert ("last_successful_cycle_timestamp_seconds", ()) not in samples  # no cycle had every table synced

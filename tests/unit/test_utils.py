@@ -20,7 +20,6 @@ from dlt_db_sync.utils.formatting import (
     format_duration,
     format_rate,
     format_rows,
-    format_table_summary,
     iso,
 )
 from dlt_db_sync.utils.logging_setup import log_fields, mask_all, mask_secrets, setup_logging
@@ -173,9 +172,6 @@ def test_format_rows_rate_and_duration() -> None:
 
 
 def test_summaries() -> None:
-    line = format_table_summary("orders", 12_000, 2.0, watermark="2024-01-01 00:00:00", mode="direct")
-    assert line == "orders: 12,000 rows in 2 seconds (6k rows/s), mode direct, watermark 2024-01-01 00:00:00"
-    assert "skipped" in format_table_summary("orders", 0, 0.1, skipped=True)
     assert format_cycle_summary(3, 2, 1, 1_500_000, 61).startswith("cycle 3: 2 table(s) synced, 1 failed, 1.5 million")
 
 

@@ -76,7 +76,6 @@ class SyncStatus:
         self.error_summary: dict[str, int] = {
             "connection_errors": 0,
             "lock_timeout_errors": 0,
-            "json_errors": 0,
             "schema_errors": 0,
             "data_errors": 0,
             "other_errors": 0,

@@ -113,7 +113,6 @@ class SchemaChanges:
     added: list[str] = field(default_factory=list)
     widened: list[str] = field(default_factory=list)
     kept_dropped: list[str] = field(default_factory=list)
-    dropped_unique_keys: list[str] = field(default_factory=list)
     # ``ADD UNIQUE KEY`` clauses to apply once this cycle's rows are in (see add_unique_keys).
     unique_keys_to_add: list[str] = field(default_factory=list)
     # Added columns that hold stored values (not generated): rows outside the window have them too.
@@ -398,7 +397,6 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
     if drops:
         # Before any row loads: a stale unique key would make the upsert overwrite another row.
         target.exec_driver_sql(f"ALTER TABLE {q(table)} " + ", ".join(f"DROP INDEX {q(name)}" for name in drops))
-        changes.dropped_unique_keys = drops
         logger.info(
             "%s: dropped unique key(s) %s the source no longer has",
             table,

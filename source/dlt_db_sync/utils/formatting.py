@@ -40,21 +40,6 @@ def format_duration(seconds: float) -> str:
     return humanize.precisedelta(timedelta(seconds=round(seconds)), minimum_unit="seconds", format="%0.0f")
 
 
-def format_table_summary(
-    table: str, rows: int, seconds: float, watermark: Any = None, mode: str | None = None, skipped: bool = False
-) -> str:
-    """The one-line per-table, per-cycle summary (without the ``COMPONENT - OPERATION - `` prefix)."""
-    if skipped:
-        return f"{table}: unchanged, skipped ({format_duration(seconds)})"
-    rate = rows / seconds if seconds > 0 else 0.0
-    text = f"{table}: {format_rows(rows)} rows in {format_duration(seconds)} ({format_rate(rate)} rows/s)"
-    if mode:
-        text += f", mode {mode}"
-    if watermark is not None:
-        text += f", watermark {watermark}"
-    return text
-
-
 def format_cycle_summary(cycle: int, tables_ok: int, tables_failed: int, rows: int, seconds: float) -> str:
     """The one-line per-cycle summary (without the ``COMPONENT - OPERATION - `` prefix)."""
     return (
