@@ -1,5 +1,5 @@
 """Core sync on real servers: 16 mixed tables, two cycles with every kind of change, full-refresh
-swap never empty, restart without dlt's working directory, the daemon loop and its shutdown."""
+swap never empty, restart with no local state, the daemon loop and its shutdown."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import subprocess
 import threading
@@ -32,6 +31,7 @@ from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.monitoring.services import start_services
 from dlt_db_sync.monitoring.watchdogs import OwnConnections, Watchdog, track_connections
 from log_lines import logged_line
+from required_tools import tool
 
 SECRET = "s3cret"
 
@@ -319,9 +319,7 @@ def test_metrics_content(tmp_path: Path) -> None:
 
 
 def test_metrics_pass_promtool(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    promtool = tool("promtool", "Debian package 'prometheus'; `make tools` installs it")
     result = subprocess.run([promtool, "check", "metrics"], input=scrape(tmp_path), capture_output=True, text=True)
     problems = {line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()}
     assert result.returncode in (0, 3), problems  # 3: lint problems only, parsing succeeded

