@@ -18,7 +18,7 @@ from dlt_db_sync.data_processing.codec import (
     rows_as_parameters,
     select_list,
 )
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.schema_management.model import Column
 
 
 def col(

@@ -33,7 +33,7 @@ from dlt_db_sync.database.dialect import Dialect, double_expression, parse_versi
 from dlt_db_sync.database.server_info import ServerInfo, check_supported
 from dlt_db_sync.error_handling.errors import ConfigError, is_transient
 from dlt_db_sync.schema_management.ddl_translation import translate_create_table
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.schema_management.model import Column
 from dlt_db_sync.verification.chunk_compare import hash_form, row_hash_sql
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -218,7 +218,7 @@ def test_prefetch_re_raises_the_producers_exception_object() -> None:
 
 def test_paged_query_orders_by_the_qualified_key_and_binds_an_exact_integer() -> None:
     from dlt_db_sync.data_processing.extraction import Paging, build_query
-    from dlt_db_sync.schema_management.tables import Column
+    from dlt_db_sync.schema_management.model import Column
 
     cols = [
         Column("id", "bigint", "bigint(20) unsigned", False, None, None),
@@ -235,7 +235,7 @@ def test_paged_query_orders_by_the_qualified_key_and_binds_an_exact_integer() ->
 
 def test_only_single_integer_keys_are_pageable() -> None:
     from dlt_db_sync.data_processing.extraction import pageable_key
-    from dlt_db_sync.schema_management.tables import Column, TableDefinition
+    from dlt_db_sync.schema_management.model import Column, TableDefinition
 
     definition = TableDefinition(
         "t",

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from dlt_db_sync.database.dialect import double_expression
 from dlt_db_sync.database.engines import quote_identifier as q
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.schema_management.model import Column
 
 
 def extract_expression(col: Column) -> str:

@@ -83,16 +83,9 @@ from dlt_db_sync.pipeline_management.change_detection import (
     window_keys,
 )
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes
+from dlt_db_sync.schema_management.model import Column, SchemaChanges, TableDefinition
 from dlt_db_sync.schema_management.schema_cache import SchemaCache
-from dlt_db_sync.schema_management.tables import (
-    Column,
-    SchemaChanges,
-    TableDefinition,
-    add_unique_keys,
-    ensure_target_table,
-    fetch_columns,
-    table_exists,
-)
+from dlt_db_sync.schema_management.tables import add_unique_keys, ensure_target_table, fetch_columns, table_exists
 from dlt_db_sync.utils.logging_setup import log_fields
 from dlt_db_sync.utils.progress import progress
 from dlt_db_sync.verification.chunk_compare import row_hash_sql

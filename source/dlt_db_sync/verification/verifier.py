@@ -47,13 +47,8 @@ from dlt_db_sync.error_handling.errors import (
     retry_kwargs,
 )
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes
-from dlt_db_sync.schema_management.tables import (
-    Column,
-    TableDefinition,
-    describe_table,
-    ensure_target_table,
-    table_exists,
-)
+from dlt_db_sync.schema_management.model import Column, TableDefinition
+from dlt_db_sync.schema_management.tables import describe_table, ensure_target_table, table_exists
 from dlt_db_sync.utils.logging_setup import log_fields
 from dlt_db_sync.verification.chunk_compare import (
     CompareMode,
