@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "source"))
 
 from db_pipeline import run_cycle  # noqa: E402
-from dlt_db_sync.config.settings import TableSpec, load_settings, load_tables  # noqa: E402
+from dlt_db_sync.config.settings import load_settings  # noqa: E402
+from dlt_db_sync.config.tables import TableSpec, load_tables  # noqa: E402
 from dlt_db_sync.database.engines import create_engines  # noqa: E402
 from dlt_db_sync.monitoring.run_state import SyncStatus  # noqa: E402
 from dlt_db_sync.pipeline_management.syncer import TableResult, TableSyncer  # noqa: E402

@@ -20,7 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from dlt_db_sync.config.settings import VERSION, Settings, TableSpec  # light: no third-party imports
+from dlt_db_sync.config.settings import VERSION, Settings  # light: no third-party imports
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.error_handling.errors import ConfigError
 from dlt_db_sync.utils.logging_setup import log_fields
 
@@ -92,7 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def load_configuration(args: argparse.Namespace) -> tuple[Settings, tuple[TableSpec, ...]]:
     """Settings and tables, or ConfigError naming the variable, file, entry or key."""
-    from dlt_db_sync.config.settings import load_settings, load_tables
+    from dlt_db_sync.config.settings import load_settings
+    from dlt_db_sync.config.tables import load_tables
 
     settings = load_settings()
     if args.tables_file is not None:
@@ -249,7 +251,7 @@ def reload_tables(
     settings: Settings, specs: tuple[TableSpec, ...], status: SyncStatus, sweep: VerificationSweep | None = None
 ) -> tuple[TableSpec, ...]:
     """Re-read the tables file (SIGHUP); an invalid file is reported and the old list stays."""
-    from dlt_db_sync.config.settings import load_tables
+    from dlt_db_sync.config.tables import load_tables
 
     try:
         new = load_tables(settings.tables_file)

@@ -142,6 +142,7 @@ def test_two_cycles_with_every_kind_of_change(sync_env: SyncEnv, monkeypatch: py
 
 def _syncer(env: SyncEnv, **overrides: Any) -> Any:
     from dlt_db_sync.config import settings as config
+    from dlt_db_sync.config.tables import load_tables
     from dlt_db_sync.database.engines import create_engines
     from dlt_db_sync.monitoring.run_state import SyncStatus
     from dlt_db_sync.pipeline_management.syncer import TableSyncer
@@ -150,7 +151,7 @@ def _syncer(env: SyncEnv, **overrides: Any) -> Any:
     engines = create_engines(settings)
     syncer = TableSyncer(engines, settings, SyncStatus(), threading.Event())
     syncer.prepare()
-    return syncer, config.load_tables(settings.tables_file)
+    return syncer, load_tables(settings.tables_file)
 
 
 def test_restart_neither_gap_nor_reload(sync_env: SyncEnv) -> None:

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import SyncEnv
 from dlt_db_sync.config import settings as config
+from dlt_db_sync.config.tables import load_tables
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def test_real_cycles_feed_the_page_and_the_metrics(sync_env: SyncEnv) -> None:
     sync_env.src("INSERT INTO countries VALUES ('ID', 'Indonesia'), ('JP', 'Japan')")
     sync_env.write_tables([{"table": "countries", "primary_key": "code"}, {"table": "missing", "primary_key": "id"}])
     settings = config.load_settings(sync_env.environ(HEALTH_HOST="127.0.0.1"), dotenv_path=None)
-    specs = config.load_tables(settings.tables_file)
+    specs = load_tables(settings.tables_file)
     engines = create_engines(settings)
     status, metrics = SyncStatus(), Metrics()
     status.register_tables(specs)

@@ -23,6 +23,7 @@ import yaml
 from dotenv import dotenv_values
 
 from dlt_db_sync.config import settings as config
+from dlt_db_sync.config.tables import load_tables
 from required_tools import missing, tool, which
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -456,7 +457,7 @@ def test_a_required_missing_tool_fails_and_an_optional_one_skips(monkeypatch: py
 
 
 def test_demo_tables_match_the_demo_schema() -> None:
-    specs = config.load_tables(DEMO / "tables.json")
+    specs = load_tables(DEMO / "tables.json")
     schema = (DEMO / "schema.sql").read_text(encoding="utf-8")
     created = re.findall(r"^CREATE TABLE (\w+) \((.*?)^\)", schema, flags=re.M | re.S)
     definitions = dict(created)

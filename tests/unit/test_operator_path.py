@@ -22,6 +22,7 @@ import pytest
 
 import db_pipeline
 from dlt_db_sync.config import settings as config
+from dlt_db_sync.config.tables import TableSpec, load_tables
 from dlt_db_sync.data_processing.file_staging import staged_batches
 from dlt_db_sync.error_handling.errors import ConfigError, call_with_retries
 from dlt_db_sync.monitoring.health import health_report
@@ -343,10 +344,10 @@ def test_recovery_time_runs_from_the_first_failure_to_the_success() -> None:
 
 def test_status_follows_a_reloaded_table_list() -> None:
     status = SyncStatus()
-    status.register_tables([config.TableSpec("a", ("id",)), config.TableSpec("b", ("id",))])
+    status.register_tables([TableSpec("a", ("id",)), TableSpec("b", ("id",))])
     status.table_succeeded("b", 5, 0.1)
     status.table_failed("a", "boom")
-    status.set_tables([config.TableSpec("b", ("id",)), config.TableSpec("c", ("id",), modifier="m")])
+    status.set_tables([TableSpec("b", ("id",)), TableSpec("c", ("id",), modifier="m")])
     assert sorted(status.tables) == ["b", "c"]
     assert "a" not in status.snapshot(history=True)["history"]
     assert status.tables["b"].rows_last_cycle == 5 and status.tables["c"].strategy == "incremental"
@@ -356,7 +357,7 @@ def test_status_follows_a_reloaded_table_list() -> None:
 
 
 def test_top_level_tables_json_is_valid_and_what_compose_mounts() -> None:
-    specs = config.load_tables(ROOT / "tables.json")
+    specs = load_tables(ROOT / "tables.json")
     assert specs and all(spec.table for spec in specs)
     assert config.Settings(source=None, target=None).tables_file == Path("tables.json")  # type: ignore[arg-type]
 
@@ -487,7 +488,7 @@ def test_deploy_script_is_shellcheck_clean() -> None:
 def test_sweep_follows_a_reloaded_table_list() -> None:
     from dlt_db_sync.verification.sweep import VerificationSweep
 
-    a, b, c = (config.TableSpec(name, ("id",)) for name in "abc")
+    a, b, c = (TableSpec(name, ("id",)) for name in "abc")
     sweep = VerificationSweep(None, settings_from(), [a, b], threading.Event(), SyncStatus())  # type: ignore[arg-type]
     kept = sweep.passes[1]
     kept.rows = 42  # progress of the current pass

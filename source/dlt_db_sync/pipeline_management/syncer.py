@@ -35,7 +35,8 @@ import pyarrow as pa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from dlt_db_sync.config.settings import PipelineMode, Settings, TableSpec
+from dlt_db_sync.config.settings import PipelineMode, Settings
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.data_processing.extraction import (
     Backend,
     Paging,

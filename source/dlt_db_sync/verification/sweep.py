@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlt_db_sync.config.settings import Settings, TableSpec
+from dlt_db_sync.config.settings import Settings
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.data_processing.loader import LoadPath
 from dlt_db_sync.database.engines import Engines, server_allows_local_infile
 from dlt_db_sync.error_handling.errors import ShutdownRequested, describe_error

@@ -34,7 +34,8 @@ from typing import Any, Literal, TextIO
 
 import pyarrow as pa
 
-from dlt_db_sync.config.settings import SanitizePolicy, Settings, TableSpec
+from dlt_db_sync.config.settings import SanitizePolicy, Settings
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.data_processing.codec import select_list
 from dlt_db_sync.data_processing.loader import LoadPath, TargetLoader
 from dlt_db_sync.database.engines import Engines, server_allows_local_infile
