@@ -383,8 +383,9 @@ def test_unreachable_database_marks_status_and_warns_once(tmp_path: Path, caplog
     with caplog.at_level(logging.DEBUG, logger="dlt_sync"):
         assert watchdog.check_database("source") == []
         assert watchdog.check_database("source") == []
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "source database unreachable: MySQL error 2003" in warnings[0]
+    warnings = [logged_line(r) for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("WATCHDOG - CONNECTIVITY - source database unreachable: MySQL error 2003")
     code, body = health_report(settings, status.snapshot(), {}, {})
     assert (code, body["status"]) == (503, "unhealthy")
     assert "2003" in body["database_connections"]["source"]["last_error"]

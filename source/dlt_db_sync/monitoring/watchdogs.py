@@ -348,13 +348,15 @@ class Watchdog(threading.Thread):
         # Once per failure streak: while a database is down the sync loop reports it too.
         key = f"{role}:{operation}"
         if key in self._failing:
-            logger.debug("WATCHDOG - %s - %s again: %s", operation, what, describe_error(exc))
+            logger.debug("%s again: %s", what, describe_error(exc), extra=log_fields("WATCHDOG", operation))
             return
         self._failing.add(key)
-        logger.warning("WATCHDOG - %s - %s: %s (repeats logged at DEBUG)", operation, what, describe_error(exc))
+        logger.warning(
+            "%s: %s (repeats logged at DEBUG)", what, describe_error(exc), extra=log_fields("WATCHDOG", operation)
+        )
 
     def _recovered(self, role: str, operation: str, what: str) -> None:
         key = f"{role}:{operation}"
         if key in self._failing:
             self._failing.discard(key)
-            logger.info("WATCHDOG - %s - %s", operation, what)
+            logger.info("%s", what, extra=log_fields("WATCHDOG", operation))
