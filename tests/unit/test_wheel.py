@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a wheel build and a venv: a few seconds
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
