@@ -22,16 +22,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "source"))
 
 from db_pipeline import run_cycle  # noqa: E402
-from dlt_db_sync.config.settings import TableSpec, load_settings, load_tables  # noqa: E402
+from dlt_db_sync.config.settings import load_settings  # noqa: E402
+from dlt_db_sync.config.tables import TableSpec, load_tables  # noqa: E402
 from dlt_db_sync.database.engines import create_engines  # noqa: E402
-from dlt_db_sync.monitoring.status import SyncStatus  # noqa: E402
+from dlt_db_sync.monitoring.run_state import SyncStatus  # noqa: E402
 from dlt_db_sync.pipeline_management.syncer import TableResult, TableSyncer  # noqa: E402
 from dlt_db_sync.utils.logging_setup import setup_logging  # noqa: E402
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (kernel high-water mark), in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set size so far (kernel high-water mark), in MB (10^6 bytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss is in KiB
 
 
 class RecordingSyncer(TableSyncer):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "source"))
 import pyarrow.parquet as pq  # noqa: E402
 
 from dlt_db_sync.config.settings import load_settings  # noqa: E402
-from dlt_db_sync.data_processing.codec import encode_tsv  # noqa: E402
+from dlt_db_sync.data_processing.codec import encode_tsv_buffer  # noqa: E402
 from dlt_db_sync.data_processing.extraction import build_query, extract  # noqa: E402
 from dlt_db_sync.data_processing.file_staging import compression_codec, write_parts  # noqa: E402
 from dlt_db_sync.database.engines import connectorx_url, create_engines  # noqa: E402
@@ -54,7 +54,7 @@ def main(table: str, small_tables: list[str]) -> int:
             started = time.monotonic()
             for batch in extract(engines, settings, source_def, None, None, chunk, backend):
                 rows += batch.num_rows
-                digest.update(encode_tsv(batch))
+                digest.update(encode_tsv_buffer(batch))  # a pyarrow Buffer: no copy to bytes
             report(
                 step="extract", backend=backend, rows=rows, seconds=time.monotonic() - started, md5=digest.hexdigest()
             )

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     seconds = time.monotonic() - started
     rows = pipeline.last_trace.last_normalize_info.row_counts.get(table, 0)
     info.raise_on_failed_jobs()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB -> MB (10^6 bytes)
     print(json.dumps({"rows": rows, "seconds": seconds, "maxrss_mb": peak}), flush=True)
     return 0
 

@@ -109,7 +109,7 @@ class RssPoller:
 
     @property
     def peak_mb(self) -> float:
-        return self.peak / (1024 * 1024)
+        return self.peak / 1e6  # MB = 10^6 bytes, as everywhere
 
     def stop(self) -> None:
         self._stop.set()

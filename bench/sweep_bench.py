@@ -48,9 +48,10 @@ class Rig:
     """Settings, engines, status and a TableSyncer on the two bench servers."""
 
     def __init__(self, source: MariaDBServer, target: MariaDBServer, rate: float | None) -> None:
-        from dlt_db_sync.config.settings import TableSpec, load_settings
+        from dlt_db_sync.config.settings import load_settings
+        from dlt_db_sync.config.tables import TableSpec
         from dlt_db_sync.database.engines import create_engines
-        from dlt_db_sync.monitoring.status import SyncStatus
+        from dlt_db_sync.monitoring.run_state import SyncStatus
         from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
         env = environ(source, target)

@@ -95,7 +95,8 @@ def our_verify(
     source: MariaDBServer, target: MariaDBServer, repair: bool = False, keys: bool = False
 ) -> tuple[float, int, str, Found]:
     """(seconds, exit code, printed report, differing keys when ``keys``) of ``--verify [--repair]`` on orders."""
-    from dlt_db_sync.config.settings import TableSpec, load_settings
+    from dlt_db_sync.config.settings import load_settings
+    from dlt_db_sync.config.tables import TableSpec
     from dlt_db_sync.database.engines import create_engines
     from dlt_db_sync.verification.chunk_compare import compare_table
     from dlt_db_sync.verification.verifier import CHUNK_SECONDS, PARALLEL_CHUNKS, describe_for_compare, run_verify

@@ -20,12 +20,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from dlt_db_sync.config.settings import VERSION, Settings, TableSpec  # light: no third-party imports
+from dlt_db_sync.config.settings import VERSION, Settings  # light: no third-party imports
+from dlt_db_sync.config.tables import TableSpec  # light too
 from dlt_db_sync.error_handling.errors import ConfigError
 from dlt_db_sync.utils.logging_setup import log_fields
 
 if TYPE_CHECKING:
-    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.monitoring.run_state import SyncStatus
     from dlt_db_sync.pipeline_management.syncer import TableSyncer
     from dlt_db_sync.verification.sweep import VerificationSweep
 
@@ -92,7 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def load_configuration(args: argparse.Namespace) -> tuple[Settings, tuple[TableSpec, ...]]:
     """Settings and tables, or ConfigError naming the variable, file, entry or key."""
-    from dlt_db_sync.config.settings import load_settings, load_tables
+    from dlt_db_sync.config.settings import load_settings
+    from dlt_db_sync.config.tables import load_tables
 
     settings = load_settings()
     if args.tables_file is not None:
@@ -249,7 +251,7 @@ def reload_tables(
     settings: Settings, specs: tuple[TableSpec, ...], status: SyncStatus, sweep: VerificationSweep | None = None
 ) -> tuple[TableSpec, ...]:
     """Re-read the tables file (SIGHUP); an invalid file is reported and the old list stays."""
-    from dlt_db_sync.config.settings import load_tables
+    from dlt_db_sync.config.tables import load_tables
 
     try:
         new = load_tables(settings.tables_file)
@@ -368,8 +370,10 @@ def run_mode(args: argparse.Namespace, settings: Settings, specs: tuple[TableSpe
     """Create the engines and run ``--check``, ``--verify``, ``--once`` or the daemon loop."""
     from dlt_db_sync.database.engines import Engines, check_connectivity, create_engines
     from dlt_db_sync.error_handling.errors import SyncError, describe_error
-    from dlt_db_sync.monitoring.status import Metrics, SyncStatus
-    from dlt_db_sync.monitoring.watchdogs import start_services, track_engines
+    from dlt_db_sync.monitoring.metrics import Metrics
+    from dlt_db_sync.monitoring.run_state import SyncStatus
+    from dlt_db_sync.monitoring.services import start_services
+    from dlt_db_sync.monitoring.watchdogs import track_engines
 
     stop = signals.stop
     status = SyncStatus()

@@ -30,8 +30,9 @@ import pymysql
 from fuzz_case import Case, Step, generate, q
 
 from dlt_db_sync.config import settings as config
+from dlt_db_sync.config.tables import parse_tables
 from dlt_db_sync.database.engines import create_engines
-from dlt_db_sync.monitoring.status import SyncStatus
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.syncer import TableSyncer
 from dlt_db_sync.verification.verifier import Verifier
 from mariadb_server import MariaDBServer
@@ -250,7 +251,7 @@ def run_plan(
         environ = _environ(pair, source_db, target_db, workdir, env)
         (workdir / "tables.json").write_text(json.dumps(entries))
         settings = config.load_settings(environ, dotenv_path=None)
-        specs = config.parse_tables(entries, workdir / "tables.json")
+        specs = parse_tables(entries, workdir / "tables.json")
         engines = create_engines(settings)
         status = SyncStatus()
         status.register_tables(specs)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dlt_db_sync.config import settings as config
+from dlt_db_sync.config.tables import parse_tables
 from dlt_db_sync.database.engines import create_engines
-from dlt_db_sync.monitoring.status import SyncStatus
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.syncer import TableResult, TableSyncer
 from mariadb_server import MariaDBServer
 
@@ -65,7 +66,7 @@ def kept_syncer(
         target.execute(f"CREATE DATABASE IF NOT EXISTS `{env.target_db}` CHARACTER SET utf8mb4")
         environ.update({"TARGET_DB_HOST": target.host, "TARGET_DB_PORT": str(target.port)})
     settings = config.load_settings(environ, dotenv_path=None)
-    specs = config.parse_tables(list(tables), env.write_tables(list(tables)))
+    specs = parse_tables(list(tables), env.write_tables(list(tables)))
     engines = create_engines(settings)
     status = SyncStatus()
     status.register_tables(specs)

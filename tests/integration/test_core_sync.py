@@ -1,5 +1,5 @@
 """Core sync on real servers: 16 mixed tables, two cycles with every kind of change, full-refresh
-swap never empty, restart without dlt's working directory, the daemon loop and its shutdown."""
+swap never empty, restart with no local state, the daemon loop and its shutdown."""
 
 from __future__ import annotations
 
@@ -142,15 +142,16 @@ def test_two_cycles_with_every_kind_of_change(sync_env: SyncEnv, monkeypatch: py
 
 def _syncer(env: SyncEnv, **overrides: Any) -> Any:
     from dlt_db_sync.config import settings as config
+    from dlt_db_sync.config.tables import load_tables
     from dlt_db_sync.database.engines import create_engines
-    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.monitoring.run_state import SyncStatus
     from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
     settings = config.load_settings(env.environ(**overrides), dotenv_path=None)
     engines = create_engines(settings)
     syncer = TableSyncer(engines, settings, SyncStatus(), threading.Event())
     syncer.prepare()
-    return syncer, config.load_tables(settings.tables_file)
+    return syncer, load_tables(settings.tables_file)
 
 
 def test_restart_neither_gap_nor_reload(sync_env: SyncEnv) -> None:

@@ -56,7 +56,7 @@ def test_check_and_health_show_each_server(sync_env: SyncEnv) -> None:
         line = next(line for line in proc.stdout.splitlines() if line.startswith(f"{role} server: "))
         assert dialect.label in line and "sql_mode=" in line and "local_infile=" in line, line
 
-    from dlt_db_sync.monitoring.status import health_report
+    from dlt_db_sync.monitoring.health import health_report
 
     run = run_sync(sync_env, [{"table": "t", "primary_key": "id"}])
     from dlt_db_sync.config import settings as config

@@ -16,6 +16,7 @@ from fidelity_helpers import kept_syncer, run_sync
 
 from conftest import SyncEnv
 from dlt_db_sync.config import settings as config
+from dlt_db_sync.config.tables import parse_tables
 from dlt_db_sync.database.engines import create_engines
 from dlt_db_sync.pipeline_management.syncer import TableResult
 from dlt_db_sync.verification.verifier import run_verify
@@ -199,7 +200,7 @@ def test_a_changed_blob_over_half_the_packet_size_is_seen(sync_env: SyncEnv) -> 
             pass
 
     settings = config.load_settings(env.environ(), dotenv_path=None)
-    specs = config.parse_tables(tables, env.write_tables(tables))
+    specs = parse_tables(tables, env.write_tables(tables))
     engines = create_engines(settings)
     try:
         assert run_verify(engines, settings, specs, [], False, threading.Event(), out=Lines()) == 1  # type: ignore[arg-type]

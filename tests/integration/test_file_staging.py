@@ -95,14 +95,15 @@ def state(env: SyncEnv, table: str = "orders") -> tuple[Any, ...]:
 
 def syncer_for(env: SyncEnv, **overrides: Any) -> Any:
     from dlt_db_sync.config import settings as config
+    from dlt_db_sync.config.tables import load_tables
     from dlt_db_sync.database.engines import create_engines
-    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.monitoring.run_state import SyncStatus
     from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
     settings = config.load_settings(env.environ(**overrides), dotenv_path=None)
     syncer = TableSyncer(create_engines(settings), settings, SyncStatus(), threading.Event())
     syncer.prepare()
-    return syncer, config.load_tables(settings.tables_file)
+    return syncer, load_tables(settings.tables_file)
 
 
 def test_full_and_incremental_cycles_leave_identical_tables(

@@ -37,7 +37,7 @@ def target_digest(env: SyncEnv, table: str = "t") -> list[tuple[Any, ...]]:
 
 
 def health_of(syncer: Any) -> dict[str, Any]:
-    from dlt_db_sync.monitoring.status import health_report
+    from dlt_db_sync.monitoring.health import health_report
 
     return health_report(syncer.settings, syncer.status.snapshot(), {}, {})[1]
 
@@ -47,7 +47,7 @@ def health_of(syncer: Any) -> dict[str, Any]:
 def test_emptied_source_is_refused_until_allowed(sync_env: SyncEnv, make_syncer: Any, strategy: str) -> None:
     from dataclasses import replace
 
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     create_items(sync_env)
     if strategy == "reconcile":
@@ -95,7 +95,7 @@ def test_emptied_source_fails_once_with_exit_1(
 def test_delete_ratio_guards_reconcile_until_raised(sync_env: SyncEnv, make_syncer: Any) -> None:
     from dataclasses import replace
 
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     create_items(sync_env)
     spec = TableSpec("t", ("id",), modifier="updated_at", deletes="reconcile")
@@ -115,7 +115,7 @@ def test_delete_ratio_guards_reconcile_until_raised(sync_env: SyncEnv, make_sync
 
 
 def test_shadow_swap_refused_when_it_would_remove_most_rows(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     create_items(sync_env)
     spec = TableSpec("t", ("id",), sync_strategy="full_refresh")
@@ -132,7 +132,7 @@ def test_shadow_swap_refused_when_it_would_remove_most_rows(sync_env: SyncEnv, m
 
 
 def test_repair_by_chunks_guarded(sync_env: SyncEnv, make_syncer: Any, small_chunks: None) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
     from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused
     from dlt_db_sync.verification.verifier import refresh_by_chunks
 
@@ -200,7 +200,7 @@ def test_print_requires_verify(capsys: pytest.CaptureFixture[str]) -> None:
 def test_future_modifier_does_not_hide_present_rows(
     sync_env: SyncEnv, make_syncer: Any, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     now = "CURDATE()" if kind == "DATE" else "NOW()"
     future = "2037-12-31" if kind.startswith("TIMESTAMP") else "2099-01-01"  # TIMESTAMP ends in 2038
@@ -228,7 +228,7 @@ def test_future_modifier_does_not_hide_present_rows(
 
 
 def test_integer_modifier_is_not_capped(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     sync_env.src(
         "CREATE TABLE t (id INT PRIMARY KEY, version BIGINT NOT NULL, KEY (version));"
@@ -304,7 +304,7 @@ def test_1317_from_another_session_is_retried(sync_env: SyncEnv) -> None:
 
 def test_1317_from_our_watchdog_is_not_retried(sync_env: SyncEnv) -> None:
     from dlt_db_sync.error_handling.errors import DatabaseError
-    from dlt_db_sync.monitoring.status import SyncStatus
+    from dlt_db_sync.monitoring.run_state import SyncStatus
     from dlt_db_sync.monitoring.watchdogs import Watchdog
 
     def watchdog_kill(connection_id: int, own: Any, settings: Any, engines: Any) -> None:
@@ -343,7 +343,7 @@ def test_collation_equal_keys_converge_in_one_repair(
 
 # --------------------------------------------------------------------------- NULL modifiers
 def test_null_modifier_rows_inserted_updated_deleted_arrive(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     sync_env.src(
         "CREATE TABLE n (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, updated_at DATETIME NULL, KEY (updated_at));"
@@ -371,7 +371,7 @@ def _rnd_next(server: Any) -> int:
 
 
 def test_idle_cycle_over_null_modifier_rows_scans_no_table(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
     from dlt_db_sync.pipeline_management.change_detection import null_modifier_sql
 
     sync_env.src(

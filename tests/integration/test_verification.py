@@ -60,7 +60,7 @@ class Syncer:
     def __init__(self, env: SyncEnv, specs: list[Any], **overrides: Any) -> None:
         from dlt_db_sync.config.settings import load_settings
         from dlt_db_sync.database.engines import create_engines
-        from dlt_db_sync.monitoring.status import SyncStatus
+        from dlt_db_sync.monitoring.run_state import SyncStatus
         from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
         self.settings = load_settings(env.environ(**overrides), dotenv_path=None)
@@ -140,7 +140,7 @@ KEY_CASES = {
 
 @pytest.mark.parametrize("case", list(KEY_CASES))
 def test_deletes_propagated(sync_env: SyncEnv, make_syncer: Any, small_chunks: None, case: str) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     key_ddl, key_values, key_list, key = KEY_CASES[case]
     key_names = key_list.split(", ")
@@ -170,7 +170,7 @@ def test_deletes_propagated(sync_env: SyncEnv, make_syncer: Any, small_chunks: N
 
 
 def test_reconcile_every_n_cycles_and_ignore(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     for table in ("every2", "kept"):
         sync_env.src(
@@ -253,7 +253,8 @@ def test_unknown_table_exits_2(
 
 
 def verify(env: SyncEnv, table: str, key: tuple[str, ...], repair: bool = False, **spec: Any) -> tuple[int, str]:
-    from dlt_db_sync.config.settings import TableSpec, load_settings
+    from dlt_db_sync.config.settings import load_settings
+    from dlt_db_sync.config.tables import TableSpec
     from dlt_db_sync.database.engines import create_engines
     from dlt_db_sync.verification.verifier import run_verify
 
@@ -365,7 +366,7 @@ def test_verify_and_reconcile_with_select_only_source_user(
 
 # --------------------------------------------------------------------------- full refresh
 def test_full_refresh_only_when_needed(sync_env: SyncEnv, make_syncer: Any, small_chunks: None) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     sync_env.src(
         "CREATE TABLE fr (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, n INT NOT NULL);"

@@ -48,7 +48,7 @@ def identical(env: SyncEnv, table: str) -> bool:
 
 
 def test_sweep_repairs_late_commit_cascade_and_target_edit(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
 
     sync_env.src(
         "CREATE TABLE parent (id INT PRIMARY KEY, code VARCHAR(10) NOT NULL UNIQUE);"
@@ -87,7 +87,7 @@ def test_sweep_repairs_late_commit_cascade_and_target_edit(sync_env: SyncEnv, ma
 def test_sweep_keeps_to_its_rate_and_the_table_period(
     sync_env: SyncEnv, make_syncer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dlt_db_sync.config.settings import TableSpec
+    from dlt_db_sync.config.tables import TableSpec
     from dlt_db_sync.verification import chunk_compare
 
     monkeypatch.setattr(chunk_compare, "BUCKET_ROWS", 100)
@@ -118,8 +118,8 @@ def test_sweep_keeps_to_its_rate_and_the_table_period(
 
 
 def test_sweep_guarded_and_ignore_tables_keep_their_rows(sync_env: SyncEnv, make_syncer: Any) -> None:
-    from dlt_db_sync.config.settings import TableSpec
-    from dlt_db_sync.monitoring.status import health_report
+    from dlt_db_sync.config.tables import TableSpec
+    from dlt_db_sync.monitoring.health import health_report
 
     for table in ("rec", "ign"):
         sync_env.src(

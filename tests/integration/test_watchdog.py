@@ -12,7 +12,8 @@ import pytest
 
 from dlt_db_sync.config.settings import load_settings
 from dlt_db_sync.database.engines import create_engines
-from dlt_db_sync.monitoring.status import SyncStatus, health_report
+from dlt_db_sync.monitoring.health import health_report
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.monitoring.watchdogs import Watchdog, track_engines
 from log_lines import logged_line
 

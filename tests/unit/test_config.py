@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from dlt_db_sync.config.settings import TableSpec, known_variables, load_settings, load_tables, parse_tables
+from dlt_db_sync.config.settings import known_variables, load_settings
+from dlt_db_sync.config.tables import TableSpec, load_tables, parse_tables
 from dlt_db_sync.database.engines import _ssl_args, connect_args
 from dlt_db_sync.error_handling.errors import ConfigError, TerminalError
 

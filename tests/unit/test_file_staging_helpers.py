@@ -16,7 +16,6 @@ from dlt_db_sync.config.settings import DatabaseSettings, Settings
 from dlt_db_sync.data_processing.extraction import prefetch
 from dlt_db_sync.data_processing.file_staging import (
     compression_codec,
-    directory_usage_mb,
     read_parts,
     remove_expired,
     remove_leftover_runs,
@@ -24,6 +23,7 @@ from dlt_db_sync.data_processing.file_staging import (
     write_parts,
 )
 from dlt_db_sync.error_handling.errors import StagingError
+from dlt_db_sync.monitoring.resources import directory_usage
 
 
 def settings(tmp_path: Path, compression: str = "snappy") -> Settings:
@@ -148,7 +148,8 @@ def test_remove_expired_removes_old_files_and_empty_directories_and_measures_the
     assert usage.usage_mb == pytest.approx(2.0)
     assert not (tmp_path / "orders").exists()  # emptied directories go too
     assert new_file.exists()
-    assert directory_usage_mb(tmp_path) == pytest.approx(2.0)
+    # One unit (MB = 10^6 bytes): the cleanup and the watchdog's measurement feed the same health field.
+    assert directory_usage(tmp_path) == (usage.usage_mb, usage.files_count) == (2.0, 1)
     assert remove_expired(tmp_path / "missing", 24).files_count == 0
 
 
@@ -217,7 +218,7 @@ def test_prefetch_re_raises_the_producers_exception_object() -> None:
 
 def test_paged_query_orders_by_the_qualified_key_and_binds_an_exact_integer() -> None:
     from dlt_db_sync.data_processing.extraction import Paging, build_query
-    from dlt_db_sync.schema_management.tables import Column
+    from dlt_db_sync.schema_management.model import Column
 
     cols = [
         Column("id", "bigint", "bigint(20) unsigned", False, None, None),
@@ -234,7 +235,7 @@ def test_paged_query_orders_by_the_qualified_key_and_binds_an_exact_integer() ->
 
 def test_only_single_integer_keys_are_pageable() -> None:
     from dlt_db_sync.data_processing.extraction import pageable_key
-    from dlt_db_sync.schema_management.tables import Column, TableDefinition
+    from dlt_db_sync.schema_management.model import Column, TableDefinition
 
     definition = TableDefinition(
         "t",

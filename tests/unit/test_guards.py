@@ -7,9 +7,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dlt_db_sync.config.settings import TableSpec, load_settings, parse_tables
+from dlt_db_sync.config.settings import load_settings
+from dlt_db_sync.config.tables import TableSpec, parse_tables
 from dlt_db_sync.error_handling.errors import ConfigError, is_transient
-from dlt_db_sync.monitoring.status import Metrics, SyncStatus, health_report
+from dlt_db_sync.monitoring.health import health_report
+from dlt_db_sync.monitoring.metrics import Metrics
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes, delete_ratio
 
 BASE_ENV = {"SOURCE_DB_NAME": "src", "TARGET_DB_NAME": "tgt"}
@@ -166,7 +169,7 @@ def test_sweep_pacing_arithmetic(monkeypatch: Any) -> None:
 
 def test_readme_documents_every_tables_json_key() -> None:
     from conftest import ROOT
-    from dlt_db_sync.config.settings import TABLES_SCHEMA
+    from dlt_db_sync.config.tables import TABLES_SCHEMA
 
     text = (ROOT / "README.md").read_text()
     missing = [key for key in TABLES_SCHEMA["items"]["properties"] if f"`{key}`" not in text]

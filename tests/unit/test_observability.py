@@ -1,7 +1,7 @@
 """The observability pack: alert rules (promtool), the Grafana dashboard, the alerting metrics.
 
-``promtool`` comes from Debian's ``prometheus`` package (``make test`` installs it); without it the
-promtool tests are skipped. The dashboard's and the rules' PromQL is checked against a live
+``promtool`` comes from Debian's ``prometheus`` package (``make tools`` installs it); without it the
+promtool tests skip, or fail under ``make test`` (REQUIRE_TOOLS, see tests/required_tools.py). The dashboard's and the rules' PromQL is checked against a live
 ``/metrics`` scrape of the health server, so neither can refer to a metric the daemon does not export.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +26,10 @@ from sqlalchemy.pool import QueuePool
 
 import db_pipeline
 from dlt_db_sync.config.settings import load_settings
-from dlt_db_sync.monitoring.status import Metrics, SyncStatus, start_health_server
+from dlt_db_sync.monitoring.http_server import start_health_server
+from dlt_db_sync.monitoring.metrics import Metrics
+from dlt_db_sync.monitoring.run_state import SyncStatus
+from required_tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "observability"
@@ -48,10 +50,7 @@ class Spec:
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus'; `make test` installs it)")
-    return found
+    return tool("promtool", "Debian package 'prometheus'; `make tools` installs it")
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:

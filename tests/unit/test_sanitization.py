@@ -13,7 +13,7 @@ import pytest
 from dlt_db_sync.data_processing.sanitization import LoadPlan, SanitizeCounter, sql_mode_flags, unstorable_check
 from dlt_db_sync.database.dialect import Dialect
 from dlt_db_sync.error_handling.errors import DataError
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.schema_management.model import Column
 from log_lines import logged_line
 
 STRICT_NO_ZERO = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE"

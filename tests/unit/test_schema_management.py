@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dlt_db_sync.schema_management.model import Column, TableDefinition
 from dlt_db_sync.schema_management.tables import (
-    Column,
-    TableDefinition,
     column_definitions,
     is_generated_extra,
     is_widening,

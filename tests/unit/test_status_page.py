@@ -27,7 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.pool import QueuePool
 
 from dlt_db_sync.config.settings import Settings, load_settings
-from dlt_db_sync.monitoring.status import HISTORY_LENGTH, HealthServer, SyncStatus, start_health_server
+from dlt_db_sync.monitoring.http_server import HealthServer, start_health_server
+from dlt_db_sync.monitoring.run_state import HISTORY_LENGTH, SyncStatus
 from dlt_db_sync.monitoring.status_page import prefers_html, render_status_page, sparkline
 
 SECRET = "s3cret"

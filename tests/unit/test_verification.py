@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from dlt_db_sync.config.settings import DatabaseSettings, Settings, TableSpec
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.config.settings import DatabaseSettings, Settings
+from dlt_db_sync.config.tables import TableSpec
+from dlt_db_sync.schema_management.model import Column
 from dlt_db_sync.verification import chunk_compare
 from dlt_db_sync.verification.chunk_compare import (
     ChunkResult,

@@ -19,9 +19,7 @@ import pyarrow.compute as pc
 
 from dlt_db_sync.database.dialect import double_expression
 from dlt_db_sync.database.engines import quote_identifier as q
-from dlt_db_sync.schema_management.tables import Column
-
-TEXT_FROM_SERVER_TYPES = frozenset({"float"})
+from dlt_db_sync.schema_management.model import Column
 
 
 def extract_expression(col: Column) -> str:
@@ -183,12 +181,6 @@ def encode_tsv_buffer(table: pa.Table) -> pa.Buffer:
     lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
     values = _values(lines)
     return values if values is not None else pa.py_buffer(b"")
-
-
-def encode_tsv(table: pa.Table) -> bytes:
-    """:func:`encode_tsv_buffer` as Python bytes."""
-    data: bytes = encode_tsv_buffer(table).to_pybytes()
-    return data
 
 
 def rows_as_parameters(table: pa.Table) -> list[tuple[object, ...]]:

@@ -32,7 +32,7 @@ from dlt_db_sync.data_processing.codec import select_list
 from dlt_db_sync.database.engines import Engines, connectorx_url
 from dlt_db_sync.database.engines import quote_identifier as q
 from dlt_db_sync.error_handling.errors import ExtractionBackendError
-from dlt_db_sync.schema_management.tables import Column, TableDefinition
+from dlt_db_sync.schema_management.model import Column, TableDefinition
 from dlt_db_sync.utils.logging_setup import log_fields
 
 logger = logging.getLogger("dlt_sync.extraction")

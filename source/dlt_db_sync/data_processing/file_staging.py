@@ -53,6 +53,7 @@ from dlt_db_sync.config.settings import Settings
 from dlt_db_sync.data_processing.extraction import prefetch
 from dlt_db_sync.data_processing.loader import rechunk
 from dlt_db_sync.error_handling.errors import StagingError
+from dlt_db_sync.utils.formatting import megabytes
 from dlt_db_sync.utils.logging_setup import log_fields
 
 logger = logging.getLogger("dlt_sync.file_staging")
@@ -180,15 +181,8 @@ class StagingUsage:
     """What :func:`remove_expired` removed and what remains in the staging directory."""
 
     removed_files: int
-    usage_mb: float
+    usage_mb: float  # MB = 10^6 bytes
     files_count: int
-
-
-def directory_usage_mb(directory: Path) -> float:
-    """Total size of the files under ``directory`` in MB."""
-    if not directory.exists():
-        return 0.0
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 1e6
 
 
 def remove_expired(directory: Path, retention_hours: float, now: float | None = None) -> StagingUsage:
@@ -220,4 +214,4 @@ def remove_expired(directory: Path, retention_hours: float, now: float | None = 
                 remaining += 1
     except OSError as exc:
         raise StagingError(f"cannot clean staging directory {directory}: {exc.strerror or exc}") from exc
-    return StagingUsage(removed, remaining_bytes / 1e6, remaining)
+    return StagingUsage(removed, megabytes(remaining_bytes), remaining)

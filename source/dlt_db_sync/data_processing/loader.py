@@ -50,7 +50,7 @@ from dlt_db_sync.error_handling.errors import (
     own_kill_error,
     retry_kwargs,
 )
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.schema_management.model import Column
 from dlt_db_sync.utils.logging_setup import log_fields
 
 logger = logging.getLogger("dlt_sync.target_loader")

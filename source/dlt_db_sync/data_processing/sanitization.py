@@ -37,7 +37,7 @@ from dlt_db_sync.data_processing.codec import (
 from dlt_db_sync.database.dialect import Dialect
 from dlt_db_sync.database.engines import quote_identifier as q
 from dlt_db_sync.error_handling.errors import DataError
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.schema_management.model import Column
 from dlt_db_sync.utils.logging_setup import log_fields
 
 logger = logging.getLogger("dlt_sync.sanitization")

@@ -33,7 +33,6 @@ Version = tuple[int, int, int]
 MINIMUM_VERSION: dict[str, Version] = {"mysql": (5, 7, 0), "mariadb": (10, 4, 0)}
 
 # Error codes of an interrupted statement that ran past the limit, per flavor.
-STATEMENT_TIMEOUT_CODES: dict[str, int] = {"mariadb": 1969, "mysql": 3024}
 
 UPSERT_ROW_ALIAS = "new"  # name of the incoming row in the MySQL >= 8.0.19 upsert form
 
@@ -116,11 +115,6 @@ class Dialect:
         if self.is_mariadb:
             return ["SET SESSION max_statement_time=0"]
         return ["SET SESSION max_execution_time=0"]
-
-    @property
-    def statement_timeout_code(self) -> int:
-        """The error code of a statement interrupted by the limit (1969 MariaDB, 3024 MySQL)."""
-        return STATEMENT_TIMEOUT_CODES[self.flavor]
 
     # ------------------------------------------------------------ upserts
     @property

@@ -28,7 +28,7 @@ from dlt_db_sync.error_handling.errors import (
     is_transient,
     mysql_error_code,
 )
-from dlt_db_sync.utils.logging_setup import log_fields
+from dlt_db_sync.utils.logging_setup import MASK, log_fields, mask_secrets
 
 logger = logging.getLogger("dlt_sync.database")
 
@@ -103,8 +103,8 @@ def connectorx_url(db: DatabaseSettings) -> str:
     user = quote(db.user, safe="")
     auth = f"{user}:{password}" if db.password else user
     # connectorx's client refuses a row over its own packet limit (the server's max_allowed_packet,
-    # 16 MiB by default) where pymysql reads any row: rows of several large BLOBs need the
-    # protocol's maximum, 1 GiB.
+    # 16777216 bytes by default) where pymysql reads any row: rows of several large BLOBs need the
+    # protocol's maximum, 1073741824 bytes.
     return f"mysql://{auth}@{db.host}:{db.port}/{quote(db.name, safe='')}?max_allowed_packet=1073741824"
 
 
@@ -267,5 +267,8 @@ def check_connectivity(engines: Engines) -> None:
                 conn.exec_driver_sql("SELECT 1")
         except Exception as exc:  # noqa: BLE001 - re-raised as one credential-free line
             db = engines.settings.source if role == "source" else engines.settings.target
-            message = f"cannot connect to the {role} database {db.describe()}: {describe_error(exc)}"
+            reason = mask_secrets(describe_error(exc))
+            if db.password:  # a driver or proxy may echo it in any form, not only inside a URL
+                reason = reason.replace(db.password, MASK)
+            message = f"cannot connect to the {role} database {db.describe()}: {reason}"
             raise DatabaseError(message, mysql_error_code(exc), transient=is_transient(exc)) from exc

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
-from dlt_db_sync.config.settings import TableSpec
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.utils.logging_setup import log_fields
 
 logger = logging.getLogger("dlt_sync.leases")

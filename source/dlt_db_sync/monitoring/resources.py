@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 
+from dlt_db_sync.utils.formatting import megabytes
 from dlt_db_sync.utils.logging_setup import log_fields
 
 logger = logging.getLogger("dlt_sync.resources")
@@ -21,7 +22,7 @@ STAGING_REFRESH_SECONDS = 10.0
 
 # --------------------------------------------------------------------------- cached measurements
 def directory_usage(directory: Path) -> tuple[float, int]:
-    """(size in MB, number of files) below ``directory``; (0, 0) when it does not exist."""
+    """(size in MB = 10^6 bytes, number of files) below ``directory``; (0, 0) when it does not exist."""
     total = 0
     files = 0
     for root, _dirs, names in os.walk(directory):
@@ -31,7 +32,7 @@ def directory_usage(directory: Path) -> tuple[float, int]:
                 files += 1
             except FileNotFoundError:
                 continue  # removed by the retention cleanup while we walked
-    return round(total / (1024 * 1024), 3), files
+    return megabytes(total), files
 
 
 class StagingMonitor:
@@ -81,8 +82,8 @@ class ProcessSampler:
         self._process.cpu_percent(interval=None)  # the first call only starts the measurement
 
     def memory_mb(self) -> float:
-        """Resident set size in MB."""
-        return round(float(self._process.memory_info().rss) / (1024 * 1024), 1)
+        """Resident set size in MB (10^6 bytes)."""
+        return megabytes(float(self._process.memory_info().rss), 1)
 
     def cpu_percent(self) -> float:
         """CPU use since the previous sample (100 = one core)."""

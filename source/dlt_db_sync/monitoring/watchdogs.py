@@ -1,4 +1,4 @@
-"""Background watchdogs (TRD 5.3.2, 11.1.2) and the start/stop of the daemon's background services.
+"""Background watchdog (TRD 5.3.2, 11.1.2): pools, staging usage, connectivity and long queries.
 
 Every ``WATCHDOG_INTERVAL`` seconds the :class:`Watchdog` thread logs a warning when a connection
 pool is more than 80 % in use, measures the staging directory for the health endpoint, records
@@ -31,7 +31,7 @@ from dlt_db_sync.error_handling.errors import (
     own_kill_error,
 )
 from dlt_db_sync.monitoring.resources import StagingMonitor
-from dlt_db_sync.monitoring.status import HealthServer, Metrics, SyncStatus, start_health_server
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.utils.logging_setup import log_fields, mask_secrets
 
 logger = logging.getLogger("dlt_sync.watchdog")
@@ -348,57 +348,15 @@ class Watchdog(threading.Thread):
         # Once per failure streak: while a database is down the sync loop reports it too.
         key = f"{role}:{operation}"
         if key in self._failing:
-            logger.debug("WATCHDOG - %s - %s again: %s", operation, what, describe_error(exc))
+            logger.debug("%s again: %s", what, describe_error(exc), extra=log_fields("WATCHDOG", operation))
             return
         self._failing.add(key)
-        logger.warning("WATCHDOG - %s - %s: %s (repeats logged at DEBUG)", operation, what, describe_error(exc))
+        logger.warning(
+            "%s: %s (repeats logged at DEBUG)", what, describe_error(exc), extra=log_fields("WATCHDOG", operation)
+        )
 
     def _recovered(self, role: str, operation: str, what: str) -> None:
         key = f"{role}:{operation}"
         if key in self._failing:
             self._failing.discard(key)
-            logger.info("WATCHDOG - %s - %s", operation, what)
-
-
-class Services:
-    """The running background services: health/metrics server and watchdog."""
-
-    def __init__(self, health: HealthServer, watchdog: Watchdog | None) -> None:
-        self.health = health
-        self.watchdog = watchdog
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the watchdog, then the HTTP server."""
-        if self.watchdog is not None:
-            self.watchdog.stop(timeout)
-        self.health.stop()
-
-
-def start_services(
-    settings: Settings,
-    status: SyncStatus,
-    engines_provider: Callable[[], Engines | None],
-    metrics: Metrics | None = None,
-    stop_event: threading.Event | None = None,
-    own_connections: Mapping[str, OwnConnections] | None = None,
-) -> Services:
-    """Start the health/metrics server and the watchdog (``WATCHDOG_INTERVAL=0`` disables it).
-
-    Without ``own_connections`` the engines returned by ``engines_provider`` are tracked now with
-    :func:`track_engines`; call it right after creating the engines so every connection is known.
-    """
-    staging = StagingMonitor(settings.file_staging_dir, status.set_staging_usage)
-    if metrics is None:
-        metrics = Metrics(status, engines_provider, staging)
-    else:
-        metrics.bind(status, engines_provider, staging)
-    health = start_health_server(settings, status, engines_provider, metrics)
-    if settings.watchdog_interval <= 0:
-        logger.info("disabled (WATCHDOG_INTERVAL=0)", extra=log_fields("WATCHDOG", "STARTUP"))
-        return Services(health, None)
-    if own_connections is None:
-        engines = engines_provider()
-        own_connections = track_engines(engines) if engines is not None else {}
-    watchdog = Watchdog(settings, status, engines_provider, own_connections, stop_event, staging)
-    watchdog.start()
-    return Services(health, watchdog)
+            logger.info("%s", what, extra=log_fields("WATCHDOG", operation))

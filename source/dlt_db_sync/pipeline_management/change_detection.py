@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from dlt_db_sync.database.engines import quote_identifier as q
-from dlt_db_sync.schema_management.tables import Column
+from dlt_db_sync.schema_management.model import Column
 from dlt_db_sync.verification.chunk_compare import key_condition, qi, row_hash_sql
 
 TEMPORAL_TYPES = frozenset({"date", "datetime", "timestamp"})

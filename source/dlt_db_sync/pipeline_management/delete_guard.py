@@ -14,7 +14,8 @@ A refusal is raised before anything is written, so the target stays exactly as i
 
 from __future__ import annotations
 
-from dlt_db_sync.config.settings import Settings, TableSpec
+from dlt_db_sync.config.settings import Settings
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.error_handling.errors import TerminalError
 
 

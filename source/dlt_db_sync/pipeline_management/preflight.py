@@ -8,7 +8,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from dlt_db_sync.config.settings import Settings, TableSpec
+from dlt_db_sync.config.settings import Settings
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.data_processing.extraction import choose_backend
 from dlt_db_sync.database.engines import Engines, check_connectivity
 from dlt_db_sync.database.server_info import check_supported, read_server_info

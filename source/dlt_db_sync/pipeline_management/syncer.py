@@ -35,7 +35,8 @@ import pyarrow as pa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from dlt_db_sync.config.settings import PipelineMode, Settings, TableSpec
+from dlt_db_sync.config.settings import PipelineMode, Settings
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.data_processing.extraction import (
     Backend,
     Paging,
@@ -67,7 +68,7 @@ from dlt_db_sync.error_handling.errors import (
     retry_kwargs,
 )
 from dlt_db_sync.index_management import advise_source_modifier_index, check_merge_key, ensure_modifier_index
-from dlt_db_sync.monitoring.status import SyncStatus
+from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.change_detection import (
     Fingerprint,
     count_rows,
@@ -83,16 +84,9 @@ from dlt_db_sync.pipeline_management.change_detection import (
     window_keys,
 )
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes
+from dlt_db_sync.schema_management.model import Column, SchemaChanges, TableDefinition
 from dlt_db_sync.schema_management.schema_cache import SchemaCache
-from dlt_db_sync.schema_management.tables import (
-    Column,
-    SchemaChanges,
-    TableDefinition,
-    add_unique_keys,
-    ensure_target_table,
-    fetch_columns,
-    table_exists,
-)
+from dlt_db_sync.schema_management.tables import add_unique_keys, ensure_target_table, fetch_columns, table_exists
 from dlt_db_sync.utils.logging_setup import log_fields
 from dlt_db_sync.utils.progress import progress
 from dlt_db_sync.verification.chunk_compare import row_hash_sql
@@ -100,7 +94,7 @@ from dlt_db_sync.verification.verifier import ReconcileSchedule, copy_rows, reco
 
 if TYPE_CHECKING:
     from dlt_db_sync.database.leases import LeaseManager
-    from dlt_db_sync.monitoring.status import Metrics
+    from dlt_db_sync.monitoring.metrics import Metrics
 
 logger = logging.getLogger("dlt_sync.pipeline_management")
 

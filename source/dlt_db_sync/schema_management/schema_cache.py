@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
-from dlt_db_sync.schema_management.tables import TableDefinition
+from dlt_db_sync.schema_management.model import TableDefinition
 
 logger = logging.getLogger("dlt_sync.schema_cache")
 

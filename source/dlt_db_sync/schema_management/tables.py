@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -29,99 +28,22 @@ from dlt_db_sync.schema_management.ddl_translation import (
     translate_column_for,
     translate_for,
 )
+from dlt_db_sync.schema_management.model import Column, SchemaChanges, TableDefinition
 from dlt_db_sync.utils.logging_setup import log_fields
 
 logger = logging.getLogger("dlt_sync.schema_management")
 
+
 DUPLICATE_KEY_CODES = frozenset({1062, 1169})  # duplicate entry; duplicate entry for a unique constraint
 
+
 _INTEGER_RANK = {"tinyint": 1, "smallint": 2, "mediumint": 3, "int": 4, "bigint": 5}
+
+
 _TEXT_RANK = {"tinytext": 1, "text": 2, "mediumtext": 3, "longtext": 4}
+
+
 _BLOB_RANK = {"tinyblob": 1, "blob": 2, "mediumblob": 3, "longblob": 4}
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column as information_schema.COLUMNS describes it."""
-
-    name: str
-    data_type: str
-    column_type: str
-    nullable: bool
-    charset: str | None
-    collation: str | None
-    generated: bool = False  # VIRTUAL/STORED generated: created in the target, never loaded
-
-    def describe(self) -> str:
-        """The type as a message shows it, with the character set and collation when it has them."""
-        if self.charset is None:
-            return self.column_type
-        return f"{self.column_type} CHARACTER SET {self.charset} COLLATE {self.collation}"
-
-    @property
-    def is_binary(self) -> bool:
-        """Values travel as raw bytes (binary strings, blobs, geometry)."""
-        return self.data_type in {
-            "binary",
-            "varbinary",
-            "tinyblob",
-            "blob",
-            "mediumblob",
-            "longblob",
-            "geometry",
-            "point",
-            "linestring",
-            "polygon",
-            "multipoint",
-            "multilinestring",
-            "multipolygon",
-            "geometrycollection",
-        }
-
-
-@dataclass
-class TableDefinition:
-    """Columns (in order) and the ``SHOW CREATE TABLE`` text of one table."""
-
-    name: str
-    columns: list[Column]
-    create_sql: str
-    definitions: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def column_names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-    @property
-    def loaded_columns(self) -> list[Column]:
-        """The columns whose values are extracted and loaded: all but generated ones, which
-        each server computes itself (writing them fails with error 1906)."""
-        return [c for c in self.columns if not c.generated]
-
-    def column(self, name: str) -> Column | None:
-        for col in self.columns:
-            if col.name.lower() == name.lower():
-                return col
-        return None
-
-
-@dataclass
-class SchemaChanges:
-    """What :func:`ensure_target_table` did, for logs and tests."""
-
-    created: bool = False
-    added: list[str] = field(default_factory=list)
-    widened: list[str] = field(default_factory=list)
-    kept_dropped: list[str] = field(default_factory=list)
-    dropped_unique_keys: list[str] = field(default_factory=list)
-    # ``ADD UNIQUE KEY`` clauses to apply once this cycle's rows are in (see add_unique_keys).
-    unique_keys_to_add: list[str] = field(default_factory=list)
-    # Added columns that hold stored values (not generated): rows outside the window have them too.
-    needs_backfill: bool = False
-
-    @property
-    def changed(self) -> bool:
-        return self.created or bool(self.added or self.widened)
 
 
 def fetch_columns(conn: Connection, table: str) -> list[Column]:
@@ -167,6 +89,8 @@ def table_exists(conn: Connection, table: str) -> bool:
 
 
 _COLUMN_LINE = re.compile(r"^\s*`((?:[^`]|``)+)`\s+(.*?),?$")
+
+
 _FOREIGN_KEY_LINE = re.compile(r"^\s*(CONSTRAINT\s+`(?:[^`]|``)+`\s+)?FOREIGN KEY\b", re.IGNORECASE)
 
 
@@ -398,7 +322,6 @@ def ensure_target_table(source: Connection, target: Connection, table: str) -> t
     if drops:
         # Before any row loads: a stale unique key would make the upsert overwrite another row.
         target.exec_driver_sql(f"ALTER TABLE {q(table)} " + ", ".join(f"DROP INDEX {q(name)}" for name in drops))
-        changes.dropped_unique_keys = drops
         logger.info(
             "%s: dropped unique key(s) %s the source no longer has",
             table,

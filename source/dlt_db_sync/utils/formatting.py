@@ -7,6 +7,15 @@ from typing import Any
 
 import humanize
 
+# The one size unit of the daemon: metrics, the health document, settings and logs say MB and mean
+# 10^6 bytes (not MiB), as the README states once.
+BYTES_PER_MB = 1_000_000
+
+
+def megabytes(n_bytes: float, digits: int = 3) -> float:
+    """``n_bytes`` in MB (10^6 bytes), rounded to ``digits`` decimals."""
+    return round(n_bytes / BYTES_PER_MB, digits)
+
 
 def format_rows(n: int | float) -> str:
     """A row count for people: ``950,000``; ``1.2 million``; ``5 million``."""
@@ -29,21 +38,6 @@ def format_duration(seconds: float) -> str:
     if seconds < 60:
         return humanize.precisedelta(timedelta(seconds=seconds), minimum_unit="seconds", format="%0.1f")
     return humanize.precisedelta(timedelta(seconds=round(seconds)), minimum_unit="seconds", format="%0.0f")
-
-
-def format_table_summary(
-    table: str, rows: int, seconds: float, watermark: Any = None, mode: str | None = None, skipped: bool = False
-) -> str:
-    """The one-line per-table, per-cycle summary (without the ``COMPONENT - OPERATION - `` prefix)."""
-    if skipped:
-        return f"{table}: unchanged, skipped ({format_duration(seconds)})"
-    rate = rows / seconds if seconds > 0 else 0.0
-    text = f"{table}: {format_rows(rows)} rows in {format_duration(seconds)} ({format_rate(rate)} rows/s)"
-    if mode:
-        text += f", mode {mode}"
-    if watermark is not None:
-        text += f", watermark {watermark}"
-    return text
 
 
 def format_cycle_summary(cycle: int, tables_ok: int, tables_failed: int, rows: int, seconds: float) -> str:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
+from dlt_db_sync.utils.formatting import BYTES_PER_MB
+
 if TYPE_CHECKING:
     from dlt_db_sync.config.settings import Settings
 
@@ -175,7 +177,7 @@ def setup_logging(settings: Settings, stream: TextIO | None = None) -> None:
         handlers.append(
             RotatingFileHandler(
                 settings.log_file,
-                maxBytes=settings.log_file_max_mb * 1024 * 1024,
+                maxBytes=settings.log_file_max_mb * BYTES_PER_MB,
                 backupCount=settings.log_file_backups,
                 encoding="utf-8",
             )

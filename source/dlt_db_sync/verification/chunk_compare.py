@@ -37,7 +37,7 @@ from dlt_db_sync.database.dialect import double_expression
 from dlt_db_sync.database.engines import Engines, quote_identifier
 from dlt_db_sync.error_handling.errors import ShutdownRequested
 from dlt_db_sync.index_management import index_columns, merge_key_index
-from dlt_db_sync.schema_management.tables import Column, TableDefinition
+from dlt_db_sync.schema_management.model import Column, TableDefinition
 from dlt_db_sync.utils.logging_setup import log_fields
 
 logger = logging.getLogger("dlt_sync.chunk_compare")

@@ -23,12 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlt_db_sync.config.settings import Settings, TableSpec
+from dlt_db_sync.config.settings import Settings
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.data_processing.loader import LoadPath
 from dlt_db_sync.database.engines import Engines, server_allows_local_infile
 from dlt_db_sync.error_handling.errors import ShutdownRequested, describe_error
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes
-from dlt_db_sync.schema_management.tables import TableDefinition, table_exists
+from dlt_db_sync.schema_management.model import TableDefinition
+from dlt_db_sync.schema_management.tables import table_exists
 from dlt_db_sync.utils.logging_setup import log_fields
 from dlt_db_sync.verification import chunk_compare
 from dlt_db_sync.verification.chunk_compare import CompareSpec, Key, TableComparer

@@ -34,7 +34,8 @@ from typing import Any, Literal, TextIO
 
 import pyarrow as pa
 
-from dlt_db_sync.config.settings import SanitizePolicy, Settings, TableSpec
+from dlt_db_sync.config.settings import SanitizePolicy, Settings
+from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.data_processing.codec import select_list
 from dlt_db_sync.data_processing.loader import LoadPath, TargetLoader
 from dlt_db_sync.database.engines import Engines, server_allows_local_infile
@@ -47,13 +48,8 @@ from dlt_db_sync.error_handling.errors import (
     retry_kwargs,
 )
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes
-from dlt_db_sync.schema_management.tables import (
-    Column,
-    TableDefinition,
-    describe_table,
-    ensure_target_table,
-    table_exists,
-)
+from dlt_db_sync.schema_management.model import Column, TableDefinition
+from dlt_db_sync.schema_management.tables import describe_table, ensure_target_table, table_exists
 from dlt_db_sync.utils.logging_setup import log_fields
 from dlt_db_sync.verification.chunk_compare import (
     CompareMode,
