@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from dlt_db_sync.config.settings import VERSION, Settings  # light: no third-party imports
+from dlt_db_sync.config.settings import VERSION, Settings  # light: of third-party libraries only orjson
 from dlt_db_sync.config.tables import TableSpec  # light too
 from dlt_db_sync.error_handling.errors import ConfigError
 from dlt_db_sync.utils.logging_setup import log_fields
