@@ -268,6 +268,24 @@ def verify(env: SyncEnv, table: str, key: tuple[str, ...], repair: bool = False,
     return code, out.getvalue()
 
 
+def test_verify_reports_column_definitions_that_differ_with_equal_values(sync_env: SyncEnv) -> None:
+    """Equal values in a column of another type are a divergence --verify must not call identical
+    (the fuzzer found it blind after a narrowing the sync refuses); --repair says it cannot fix it."""
+    sync_env.src("CREATE TABLE drift (id INT PRIMARY KEY, v VARCHAR(10) NULL, n INT NOT NULL)")
+    sync_env.tgt("CREATE TABLE drift (id INT PRIMARY KEY, v VARCHAR(40) NULL, n INT NULL)")
+    for run in (sync_env.src, sync_env.tgt):
+        run("INSERT INTO drift SELECT seq, CONCAT('r', seq), seq FROM seq_1_to_20")
+    code, out = verify(sync_env, "drift", ("id",))
+    assert code == 1, out
+    assert report_line(out, "drift")["changed"] == 0
+    assert "DIFFERENT (column definitions)" in out
+    assert "v is varchar(40)" in out and "varchar(10)" in out and "n is int(11) in the target, int(11) NOT NULL" in out
+    code, out = verify(sync_env, "drift", ("id",), repair=True)
+    assert code == 1 and "by hand" in out, out  # the narrowing refusal of the sync, or the repair note
+    sync_env.tgt("ALTER TABLE drift MODIFY v VARCHAR(10) NULL, MODIFY n INT NOT NULL")
+    assert verify(sync_env, "drift", ("id",))[0] == 0
+
+
 def test_empty_table_on_either_side(sync_env: SyncEnv) -> None:
     ddl = "CREATE TABLE {t} (id INT PRIMARY KEY, v VARCHAR(10) NULL)"
     rows = "INSERT INTO {t} SELECT seq, CONCAT('r', seq) FROM seq_1_to_50"

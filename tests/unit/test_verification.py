@@ -27,7 +27,14 @@ from dlt_db_sync.verification.chunk_compare import (
     range_condition,
     row_hash_sql,
 )
-from dlt_db_sync.verification.verifier import REPORT_HEADER, ReconcileSchedule, VerifyReport, format_report, run_verify
+from dlt_db_sync.verification.verifier import (
+    REPORT_HEADER,
+    ReconcileSchedule,
+    VerifyReport,
+    column_drift,
+    format_report,
+    run_verify,
+)
 
 
 def col(name: str, data_type: str, nullable: bool = False, charset: str | None = None) -> Column:
@@ -194,3 +201,41 @@ def test_unknown_tables_exit_2_without_touching_a_database(capsys: pytest.Captur
     code = run_verify(None, settings(), [spec("a")], ["a", "zz"], False, threading.Event(), out=out)  # type: ignore[arg-type]
     assert code == 2
     assert "zz" in capsys.readouterr().err and out.getvalue() == ""
+
+
+def _col(name: str, column_type: str, nullable: bool = True, collation: str | None = None) -> Column:
+    data_type = column_type.split("(")[0]
+    charset = collation.split("_")[0] if collation else None
+    return Column(name, data_type, column_type, nullable, charset, collation)
+
+
+def test_column_drift_names_type_collation_nullability_and_missing_columns() -> None:
+    source = [
+        _col("id", "int(11)", nullable=False),
+        _col("price", "decimal(10,2)"),
+        _col("name", "varchar(20)", collation="utf8mb4_bin"),
+        _col("qty", "int(11)", nullable=False),
+        _col("added", "date"),
+    ]
+    target = [
+        _col("id", "int(11)", nullable=False),
+        _col("price", "decimal(12,2)"),
+        _col("name", "varchar(20)", collation="utf8mb4_general_ci"),
+        _col("qty", "int(11)"),
+        _col("kept", "int(11)"),  # dropped in the source, kept by the sync on purpose: not drift
+    ]
+    assert column_drift(source, target) == [
+        "price is decimal(12,2) in the target, decimal(10,2) in the source",
+        "name is varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci in the target, "
+        "varchar(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin in the source",
+        "qty is int(11) in the target, int(11) NOT NULL in the source",
+        "added missing in the target",
+    ]
+    assert column_drift(source, source) == []
+
+
+def test_a_column_drift_alone_makes_the_table_different() -> None:
+    report = VerifyReport("t", 3, 3, 1, column_drift=["v is int(11) in the target, bigint(20) in the source"])
+    assert not report.identical and report.differences == 0
+    line = format_report(report)
+    assert "DIFFERENT (column definitions) - columns: v is int(11) in the target, bigint(20) in the source" in line

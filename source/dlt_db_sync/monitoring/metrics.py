@@ -155,7 +155,10 @@ class Metrics:
             "rows_deleted_total", "Rows removed by delete reconciliation", ["table"], registry=registry
         )
         self.verify_differences = Counter(
-            "verify_differences_total", "Differing rows found by verification", ["table"], registry=registry
+            "verify_differences_total",
+            "Differing rows and column definitions found by verification",
+            ["table"],
+            registry=registry,
         )
         self.delete_refusals = Counter(
             "mass_delete_refusals_total",
@@ -239,7 +242,7 @@ class Metrics:
         self.deleted.labels(table).inc(max(n, 0))
 
     def differences(self, table: str, n: int) -> None:
-        """Verification found ``n`` differing rows in ``table``."""
+        """Verification found ``n`` differing rows or column definitions in ``table``."""
         self.verify_differences.labels(table).inc(max(n, 0))
 
     def delete_refused(self, table: str) -> None:

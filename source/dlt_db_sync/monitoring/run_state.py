@@ -179,7 +179,7 @@ class SyncStatus:
             self.tables.setdefault(table, TableStatus(table=table)).rows_deleted_total += rows
 
     def table_verified(self, table: str, differences: int) -> None:
-        """A verification of ``table`` found ``differences`` differing rows."""
+        """A verification of ``table`` found ``differences`` differing rows or column definitions."""
         with self._lock:
             status = self.tables.setdefault(table, TableStatus(table=table))
             status.differences_found = differences

@@ -49,7 +49,13 @@ from dlt_db_sync.error_handling.errors import (
 )
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes
 from dlt_db_sync.schema_management.model import Column, TableDefinition
-from dlt_db_sync.schema_management.tables import describe_table, ensure_target_table, table_exists
+from dlt_db_sync.schema_management.tables import (
+    describe_table,
+    ensure_target_table,
+    fetch_columns,
+    same_type,
+    table_exists,
+)
 from dlt_db_sync.utils.logging_setup import log_fields
 from dlt_db_sync.verification.chunk_compare import (
     CompareMode,
@@ -384,6 +390,29 @@ def refresh_by_chunks(
 
 
 # --------------------------------------------------------------------------- --verify
+def _declared(col: Column) -> str:
+    return col.describe() + ("" if col.nullable else " NOT NULL")
+
+
+def column_drift(source: Sequence[Column], target: Sequence[Column]) -> list[str]:
+    """How the target's columns differ from the source's: a column missing in the target, or one
+    whose type, character set, collation or NULL-ability differs (equal values in columns of other
+    types are still a divergence: the next value may not fit, or may compare differently).
+
+    Columns only the target has are not listed: the sync keeps a column the source dropped on
+    purpose (README, "How a cycle works").
+    """
+    by_name = {col.name.lower(): col for col in target}
+    drift: list[str] = []
+    for col in source:
+        other = by_name.get(col.name.lower())
+        if other is None:
+            drift.append(f"{col.name} missing in the target")
+        elif not same_type(other, col) or other.nullable != col.nullable:
+            drift.append(f"{col.name} is {_declared(other)} in the target, {_declared(col)} in the source")
+    return drift
+
+
 @dataclass
 class VerifyReport:
     """One table's line of ``--verify`` output."""
@@ -399,14 +428,17 @@ class VerifyReport:
     seconds: float = 0.0
     note: str = ""
     error: str | None = None
+    column_drift: list[str] = field(default_factory=list)  # see column_drift()
 
     @property
     def differences(self) -> int:
+        """Rows that differ (missing, extra or changed)."""
         return self.missing + self.extra + self.changed
 
     @property
     def identical(self) -> bool:
-        return self.error is None and self.differences == 0 and self.differing_chunks == 0
+        """Same rows, same values and the same column definitions."""
+        return self.error is None and self.differences == 0 and self.differing_chunks == 0 and not self.column_drift
 
     @classmethod
     def from_comparison(cls, comparison: Comparison) -> VerifyReport:
@@ -434,7 +466,14 @@ def format_report(report: VerifyReport) -> str:
     """One aligned line under :data:`REPORT_HEADER`."""
     if report.error is not None:
         return f"{report.table:<30} ERROR: {report.error}"
-    result = "identical" if report.identical else f"DIFFERENT ({report.differences} rows)"
+    if report.identical:
+        result = "identical"
+    elif report.column_drift and not (report.differences or report.differing_chunks):
+        result = "DIFFERENT (column definitions)"
+    else:
+        result = f"DIFFERENT ({report.differences} rows)"
+    if report.column_drift:
+        result += " - columns: " + "; ".join(report.column_drift)
     if report.note:
         result += f" - {report.note}"
     return (
@@ -488,6 +527,7 @@ class Verifier:
         source_def, compare_spec = describe_for_compare(self.engines, spec.table, spec.primary_key, "rows")
         with self.engines.target.connect() as target:
             exists = table_exists(target, spec.table)
+            target_columns = fetch_columns(target, spec.table) if exists else []
         if not exists:
             started = time.monotonic()
             with self.engines.source.connect() as source:
@@ -497,7 +537,9 @@ class Verifier:
             )
             return report, None, source_def, compare_spec
         comparison = compare(self.engines, self.stop_event, compare_spec)
-        return VerifyReport.from_comparison(comparison), comparison, source_def, compare_spec
+        report = VerifyReport.from_comparison(comparison)
+        report.column_drift = column_drift(source_def.columns, target_columns)
+        return report, comparison, source_def, compare_spec
 
     def _refused(self, table: str, message: str) -> None:
         if self.status is not None:
@@ -528,10 +570,11 @@ class Verifier:
             self._print(f"{indent}--repair would be REFUSED: {exc}")
 
     def _feed(self, report: VerifyReport) -> None:
+        findings = report.differences + len(report.column_drift)
         if self.status is not None:
-            self.status.table_verified(report.table, report.differences)
-        if self.metrics is not None and report.differences:
-            self.metrics.differences(report.table, report.differences)
+            self.status.table_verified(report.table, findings)
+        if self.metrics is not None and findings:
+            self.metrics.differences(report.table, findings)
 
     def verify(self, spec: TableSpec, repair: bool) -> bool:
         """Verify (and repair) one table, printing its line(s); True when finally identical."""
@@ -582,6 +625,9 @@ class Verifier:
         )
         after, _comparison, _def, _spec = self._retrying(lambda: self._compare(spec, False), f"verifying {spec.table}")
         after.note = (after.note + "; " if after.note else "") + "after repair"
+        if after.column_drift:
+            # Rows can be re-copied; a column definition cannot be changed safely for the operator.
+            after.note += " (--repair copies rows, it does not alter columns: ALTER the target table by hand)"
         self._print(format_report(after))
         self._feed(after)
         return bool(after.identical)
