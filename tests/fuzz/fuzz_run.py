@@ -36,26 +36,12 @@ from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.syncer import TableSyncer
 from dlt_db_sync.verification.verifier import Verifier
 from mariadb_server import MariaDBServer
+from table_checks import BYTE_STRING_TYPES
 
 # Step list of one cycle as plain data: (simulated epoch second, statements run in one transaction).
 PlainCycle = list[tuple[int, list[str]]]
 
-_BYTES = {
-    "binary",
-    "varbinary",
-    "tinyblob",
-    "blob",
-    "mediumblob",
-    "longblob",
-    "geometry",
-    "point",
-    "linestring",
-    "polygon",
-    "multipoint",
-    "multilinestring",
-    "multipolygon",
-    "geometrycollection",
-}
+
 _TEXTS = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
 
 
@@ -101,7 +87,7 @@ def exact_expression(name: str, data_type: str) -> str:
     their own character set (plus the ENUM/SET index); FLOAT as DOUBLE; TIMESTAMP as the epoch.
     """
     col = q(name)
-    if data_type in _BYTES:
+    if data_type in BYTE_STRING_TYPES:
         return f"CONCAT(LENGTH({col}), ':', SHA2({col}, 256))"
     if data_type in _TEXTS:
         extra = f", '#', {col} + 0" if data_type in {"enum", "set"} else ""

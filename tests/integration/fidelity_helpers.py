@@ -20,6 +20,7 @@ from dlt_db_sync.database.engines import create_engines
 from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.syncer import TableResult, TableSyncer
 from mariadb_server import MariaDBServer
+from table_checks import BYTE_STRING_TYPES
 
 if TYPE_CHECKING:
     from conftest import SyncEnv
@@ -28,18 +29,6 @@ COLUMNS_SQL = (
     "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, CHARACTER_SET_NAME, COLLATION_NAME "
     "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
 )
-
-_BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
-_GEOMETRY_TYPES = {
-    "geometry",
-    "point",
-    "linestring",
-    "polygon",
-    "multipoint",
-    "multilinestring",
-    "multipolygon",
-    "geometrycollection",
-}
 
 
 @dataclass
@@ -97,7 +86,7 @@ def column_types(server: MariaDBServer, database: str, table: str) -> list[tuple
 def exact_expression(name: str, data_type: str) -> str:
     """A SQL expression whose text is exact for a column of ``data_type``, whatever the session time zone."""
     col = f"`{name}`"
-    if data_type in _BINARY_TYPES or data_type in _GEOMETRY_TYPES:
+    if data_type in BYTE_STRING_TYPES:
         # Long values by digest: HEX() of a value over half of max_allowed_packet is NULL (blind).
         return f"IF(LENGTH({col}) > 65536, CONCAT('sha1:', SHA1({col})), HEX({col}))"
     if data_type == "float":

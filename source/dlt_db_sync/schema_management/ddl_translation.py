@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 
 from dlt_db_sync.database.dialect import Dialect
 from dlt_db_sync.error_handling.errors import SchemaError
+from dlt_db_sync.schema_management.model import BLOB_TYPES, GEOMETRY_TYPES, TEXT_BLOB_TYPES
 from dlt_db_sync.utils.logging_setup import log_fields
 
 logger = logging.getLogger("dlt_sync.ddl_translation")
@@ -50,25 +51,8 @@ _DEFAULT = re.compile(
 _JSON_CHECK = re.compile(r"\s*CHECK\s*\(json_valid\(`(?:[^`]|``)+`\)\)", re.IGNORECASE)
 _CHARSET = re.compile(r"\b(CHARACTER SET|CHARSET)(\s*=?\s*)(\w+)", re.IGNORECASE)
 _COLLATE = re.compile(r"\b(COLLATE)(\s*=?\s*)(\w+)", re.IGNORECASE)
-_BLOB_LIKE = {
-    "tinytext",
-    "text",
-    "mediumtext",
-    "longtext",
-    "tinyblob",
-    "blob",
-    "mediumblob",
-    "longblob",
-    "json",
-    "geometry",
-    "point",
-    "linestring",
-    "polygon",
-    "multipoint",
-    "multilinestring",
-    "multipolygon",
-    "geometrycollection",
-}
+# Types that cannot have a literal DEFAULT in MySQL (MariaDB allows it).
+_BLOB_LIKE = TEXT_BLOB_TYPES | BLOB_TYPES | GEOMETRY_TYPES | {"json"}
 _INTEGERS = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 # MariaDB data types MySQL does not have, with their text form (what the daemon transports).
 _MARIADB_TYPES = {

@@ -6,6 +6,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+GEOMETRY_TYPES = frozenset(
+    {
+        "geometry",
+        "point",
+        "linestring",
+        "polygon",
+        "multipoint",
+        "multilinestring",
+        "multipolygon",
+        "geometrycollection",
+    }
+)
+BLOB_TYPES = frozenset({"tinyblob", "blob", "mediumblob", "longblob"})
+TEXT_BLOB_TYPES = frozenset({"tinytext", "text", "mediumtext", "longtext"})
+# Types whose values travel as raw bytes: binary strings, blobs and geometry (WKB).
+BYTES_TYPES = frozenset({"binary", "varbinary"}) | BLOB_TYPES | GEOMETRY_TYPES
+
 
 @dataclass(frozen=True)
 class Column:
@@ -28,22 +45,7 @@ class Column:
     @property
     def is_binary(self) -> bool:
         """Values travel as raw bytes (binary strings, blobs, geometry)."""
-        return self.data_type in {
-            "binary",
-            "varbinary",
-            "tinyblob",
-            "blob",
-            "mediumblob",
-            "longblob",
-            "geometry",
-            "point",
-            "linestring",
-            "polygon",
-            "multipoint",
-            "multilinestring",
-            "multipolygon",
-            "geometrycollection",
-        }
+        return self.data_type in BYTES_TYPES
 
 
 @dataclass
