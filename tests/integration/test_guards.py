@@ -246,13 +246,13 @@ def test_integer_modifier_is_not_capped(sync_env: SyncEnv, make_syncer: Any) -> 
 
 # --------------------------------------------------------------------------- error 1317
 def _blocked_select(env: SyncEnv, kill: Any, **overrides: Any) -> tuple[list[int], Any]:
-    """Run a SELECT ... FOR UPDATE that waits on a row lock, through call_with_retries; ``kill(id)``
+    """Run a SELECT ... FOR UPDATE that waits on a row lock, through the retry policy; ``kill(id)``
     interrupts it. Returns (connection ids of the attempts, result or the error raised)."""
     from fault_helpers import row_locks_held
 
     from dlt_db_sync.config.settings import load_settings
     from dlt_db_sync.database.engines import create_engines
-    from dlt_db_sync.error_handling.errors import call_with_retries, retry_kwargs
+    from dlt_db_sync.error_handling.retry import RetryPolicy
     from dlt_db_sync.monitoring.watchdogs import track_engines
 
     env.src("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)")
@@ -283,8 +283,8 @@ def _blocked_select(env: SyncEnv, kill: Any, **overrides: Any) -> tuple[list[int
         with row_locks_held(env.source, env.source_db, "SELECT id FROM t WHERE id = 1 FOR UPDATE"):
             thread.start()
             try:
-                outcome: Any = call_with_retries(
-                    work, what="blocked select", stop_event=threading.Event(), **retry_kwargs(settings)
+                outcome: Any = RetryPolicy.from_settings(settings).call(
+                    work, what="blocked select", stop_event=threading.Event()
                 )
             except Exception as exc:  # noqa: BLE001 - the outcome under test
                 outcome = exc

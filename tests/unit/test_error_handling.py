@@ -21,12 +21,12 @@ from dlt_db_sync.error_handling.errors import (
     StagingError,
     TerminalError,
     TransientError,
-    call_with_retries,
     describe_error,
     is_connection_error,
     is_transient,
     mysql_error_code,
 )
+from dlt_db_sync.error_handling.retry import call_with_retries
 
 # A message that says the opposite of what the code means: classification must ignore it.
 MISLEADING = {

@@ -44,12 +44,11 @@ from dlt_db_sync.database.engines import quote_identifier as q
 from dlt_db_sync.error_handling.errors import (
     DataError,
     ShutdownRequested,
-    call_with_retries,
     is_connection_error,
     mysql_error_code,
     own_kill_error,
-    retry_kwargs,
 )
+from dlt_db_sync.error_handling.retry import RetryPolicy
 from dlt_db_sync.schema_management.model import Column
 from dlt_db_sync.utils.logging_setup import log_fields
 
@@ -94,6 +93,7 @@ class TargetLoader:
         sanitize: SanitizePolicy = "error",
         label: str | None = None,
         persistent_stage: bool = False,
+        on_recovered: Callable[[float], None] | None = None,
     ) -> None:
         self.engines = engines
         self.settings = settings
@@ -114,6 +114,7 @@ class TargetLoader:
         # (see _remove_colliding_rows); the caller re-copies their current version from the source.
         self.displaced_keys: list[tuple[Any, ...]] = []
         self._other_unique: dict[str, list[list[tuple[str, int | None]]]] = {}
+        self.on_recovered = on_recovered  # seconds from a chunk's first failure to its success (metrics)
 
     def load(
         self,
@@ -131,17 +132,19 @@ class TargetLoader:
         if workers > 1:
             return self._load_parallel(table, columns, key, batches, into_empty, chunk_rows, on_chunk, workers)
         total = 0
+        # Each chunk is the unit of retry (the only one a chunk's error gets: see error_handling.retry).
+        retry = RetryPolicy.from_settings(self.settings)
         for chunk in rechunk(batches, chunk_rows):
             if self.stop_event.is_set():
                 # Every committed chunk is whole; the pending bound makes the next run redo the rest.
                 raise ShutdownRequested(f"shutdown requested: {table} stopped after {total} rows")
             chunk = self._align(chunk, columns)
-            call_with_retries(
+            retry.call(
                 functools.partial(self._apply_chunk, table, columns, key, chunk, into_empty),
                 what=f"loading {chunk.num_rows} rows into {table}",
                 stop_event=self.stop_event,
                 on_retry=self._on_retry,
-                **retry_kwargs(self.settings),
+                on_recovered=self.on_recovered,
             )
             total += chunk.num_rows
             if on_chunk is not None:
@@ -174,14 +177,15 @@ class TargetLoader:
         """:meth:`load` with ``workers`` chunks in flight, each its own transaction on its own connection."""
         total = 0
         in_flight: deque[tuple[Future[Any], int]] = deque()
+        retry = RetryPolicy.from_settings(self.settings)
 
         def apply(chunk: pa.Table) -> None:
-            call_with_retries(
+            retry.call(
                 lambda: self._apply_chunk(table, columns, key, chunk, into_empty),
                 what=f"loading {chunk.num_rows} rows into {table}",
                 stop_event=self.stop_event,
                 on_retry=self._on_retry,
-                **retry_kwargs(self.settings),
+                on_recovered=self.on_recovered,
             )
 
         def finish_oldest() -> int:

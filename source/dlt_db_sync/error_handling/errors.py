@@ -1,26 +1,14 @@
-"""One exception hierarchy, classification of driver errors by MySQL error code, and retries.
+"""One exception hierarchy and the classification of driver errors by MySQL error code.
 
-Transient errors (lock waits, deadlocks, lost connections, pool exhaustion) are retried with
-exponential backoff and jitter; terminal errors (access denied, missing table, bad config) are not.
-Classification reads the numeric MySQL error code from the driver exception, never the message.
+Transient errors (lock waits, deadlocks, lost connections, pool exhaustion) are retried (see
+:mod:`dlt_db_sync.error_handling.retry`); terminal errors (access denied, missing table, bad
+config) are not. Classification reads the numeric MySQL error code from the driver exception,
+never the message.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
-
-from dlt_db_sync.utils.logging_setup import log_fields
-
-if TYPE_CHECKING:
-    import tenacity
-
-logger = logging.getLogger("dlt_sync.error_handling")
-
-T = TypeVar("T")
+from typing import Any
 
 # MySQL / MariaDB error codes, each with why it is (or is not) worth retrying.
 TRANSIENT_ERROR_CODES: dict[int, str] = {
@@ -203,71 +191,3 @@ def own_kill_error(exc: BaseException, info: Any) -> DatabaseError | None:
         QUERY_INTERRUPTED,
         transient=False,
     )
-
-
-def call_with_retries(
-    func: Callable[[], T],
-    *,
-    what: str,
-    retries: int,
-    base_delay: float,
-    max_delay: float,
-    jitter: float,
-    stop_event: threading.Event,
-    on_retry: Callable[[BaseException], None] | None = None,
-    on_recovered: Callable[[float], None] | None = None,
-) -> T:
-    """Run ``func``; retry transient errors with exponential backoff and jitter.
-
-    The wait between attempts is ``stop_event.wait`` so a shutdown interrupts it at once
-    (raising :class:`ShutdownRequested`). Terminal errors and the last transient error propagate.
-    ``on_recovered`` gets the seconds from the first failed attempt to the success of a retry.
-    """
-    import tenacity  # here, not at module level: the command line answers --help without it
-
-    first_failure: list[float] = []
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        logger.warning(
-            "%s failed (attempt %d/%d): %s; retrying in %.1fs",
-            what,
-            state.attempt_number,
-            retries + 1,
-            describe_error(exc) if exc else "?",
-            delay,
-            extra=log_fields("ERROR_RECOVERY", "RETRY"),
-        )
-        if not first_failure:
-            first_failure.append(time.monotonic())
-        if on_retry is not None and exc is not None:
-            on_retry(exc)
-
-    def interruptible_sleep(seconds: float) -> None:
-        if stop_event.wait(seconds):
-            raise ShutdownRequested(f"shutdown requested while waiting to retry {what}")
-
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(is_transient),
-        stop=tenacity.stop_after_attempt(retries + 1),
-        wait=tenacity.wait_exponential(multiplier=base_delay, max=max_delay)
-        + tenacity.wait_random(0, base_delay * jitter if base_delay else 0),
-        sleep=interruptible_sleep,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    result = retrying(func)
-    if first_failure and on_recovered is not None:
-        on_recovered(time.monotonic() - first_failure[0])
-    return result
-
-
-def retry_kwargs(settings: Any) -> dict[str, Any]:
-    """The backoff parameters of ``settings`` as keyword arguments for :func:`call_with_retries`."""
-    return {
-        "retries": settings.lock_timeout_retries,
-        "base_delay": settings.lock_timeout_base_delay,
-        "max_delay": settings.lock_timeout_max_delay,
-        "jitter": settings.lock_timeout_jitter,
-    }

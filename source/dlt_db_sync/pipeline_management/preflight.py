@@ -16,7 +16,7 @@ from dlt_db_sync.database.server_info import check_supported, read_server_info
 from dlt_db_sync.error_handling.errors import ConfigError, SchemaError, describe_error
 from dlt_db_sync.index_management import check_merge_key
 from dlt_db_sync.pipeline_management.change_detection import target_watermark
-from dlt_db_sync.pipeline_management.syncer import table_mode
+from dlt_db_sync.pipeline_management.context import table_mode
 from dlt_db_sync.schema_management.tables import describe_table, table_exists
 
 

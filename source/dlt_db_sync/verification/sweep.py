@@ -209,6 +209,7 @@ class VerificationSweep(threading.Thread):
             compare_spec,
             differences,
             spec.sanitize or self.settings.sanitize_policy,
+            on_recovered=self.metrics.observe_recovery if self.metrics is not None else None,
         )
         logger.info(
             "%s: %d missing, %d changed, %d extra rows found; %d re-copied, %d deleted",

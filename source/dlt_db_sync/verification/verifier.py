@@ -28,7 +28,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
@@ -39,14 +39,8 @@ from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.data_processing.codec import select_list
 from dlt_db_sync.data_processing.loader import LoadPath, TargetLoader
 from dlt_db_sync.database.engines import Engines, server_allows_local_infile
-from dlt_db_sync.error_handling.errors import (
-    SchemaError,
-    ShutdownRequested,
-    SyncError,
-    call_with_retries,
-    describe_error,
-    retry_kwargs,
-)
+from dlt_db_sync.error_handling.errors import SchemaError, ShutdownRequested, SyncError, describe_error
+from dlt_db_sync.error_handling.retry import RetryPolicy
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes
 from dlt_db_sync.schema_management.model import Column, TableDefinition
 from dlt_db_sync.schema_management.tables import (
@@ -163,22 +157,26 @@ def delete_target_rows(
     spec: CompareSpec,
     keys: Sequence[Key],
     exact: bool = False,
+    *,
+    on_recovered: Callable[[float], None] | None = None,
 ) -> int:
     """Delete from the target those of ``keys`` the source no longer holds; returns rows deleted.
 
     ``exact``: compare keys byte for byte (see :func:`absent_in_source`); repair re-copies the
-    source's row afterwards. Delete reconciliation keeps the collation's equality.
+    source's row afterwards. Delete reconciliation keeps the collation's equality. Each delete
+    statement is retried on its own (``on_recovered`` gets the seconds a retried one took to succeed).
     """
+    retry = RetryPolicy.from_settings(settings)
     deleted = 0
     for batch in _batched(keys, DELETE_BATCH):
         gone = absent_in_source(engines, spec, batch, exact)
         if not gone:
             continue
-        deleted += call_with_retries(
+        deleted += retry.call(
             functools.partial(_delete_batch, engines, stop_event, spec, gone),
             what=f"deleting {len(gone)} rows from {spec.table}",
             stop_event=stop_event,
-            **retry_kwargs(settings),
+            on_recovered=on_recovered,
         )
     return deleted
 
@@ -214,14 +212,24 @@ def copy_rows(
     key: Sequence[str],
     keys: Sequence[Key],
     sanitize: SanitizePolicy = "error",
+    *,
+    on_recovered: Callable[[float], None] | None = None,
 ) -> int:
     """Upsert the source's current version of the rows with ``keys`` into the target (under the
-    table's sanitization policy ``sanitize``, as a sync would)."""
+    table's sanitization policy ``sanitize``, as a sync would; ``on_recovered`` as for the loader)."""
     copied = 0
     for _round in range(MAX_DISPLACEMENT_ROUNDS):
         if not keys:
             return copied
-        loader = TargetLoader(engines, settings, stop_event, load_path, sanitize=sanitize, label=source_def.name)
+        loader = TargetLoader(
+            engines,
+            settings,
+            stop_event,
+            load_path,
+            sanitize=sanitize,
+            label=source_def.name,
+            on_recovered=on_recovered,
+        )
         batches = source_rows(engines, source_def, key, keys)
         copied += loader.load(
             source_def.name,
@@ -248,13 +256,17 @@ def repair_differences(
     spec: CompareSpec,
     differences: Differences,
     sanitize: SanitizePolicy = "error",
+    *,
+    on_recovered: Callable[[float], None] | None = None,
 ) -> tuple[int, int]:
     """Delete the extra rows, then re-copy the missing and changed ones; (copied, deleted).
 
     Deleting first matters: a key equal to another under the column's collation ('a' and 'A')
     must not have its re-copied row removed afterwards.
     """
-    deleted = delete_target_rows(engines, settings, stop_event, spec, differences.extra, exact=True)
+    deleted = delete_target_rows(
+        engines, settings, stop_event, spec, differences.extra, exact=True, on_recovered=on_recovered
+    )
     copied = copy_rows(
         engines,
         settings,
@@ -264,6 +276,7 @@ def repair_differences(
         spec.key,
         differences.missing + differences.changed,
         sanitize,
+        on_recovered=on_recovered,
     )
     return copied, deleted
 
@@ -314,14 +327,23 @@ class ReconcileSchedule:
 
 
 def reconcile_deletes(
-    engines: Engines, settings: Settings, stop_event: threading.Event, spec: TableSpec
+    engines: Engines,
+    settings: Settings,
+    stop_event: threading.Event,
+    spec: TableSpec,
+    *,
+    on_recovered: Callable[[float], None] | None = None,
 ) -> tuple[int, Comparison]:
     """Delete the target rows whose key no longer exists in the source; (rows deleted, comparison)."""
     _source_def, compare_spec = describe_for_compare(engines, spec.table, spec.primary_key, "keys")
     comparison = compare(engines, stop_event, compare_spec)
     extra = comparison.differences.extra if comparison.differences else []
     guard_comparison(spec, settings, comparison, len(extra), "delete reconciliation")
-    deleted = delete_target_rows(engines, settings, stop_event, compare_spec, extra) if extra else 0
+    deleted = (
+        delete_target_rows(engines, settings, stop_event, compare_spec, extra, on_recovered=on_recovered)
+        if extra
+        else 0
+    )
     logger.info(
         "%s: %d chunks compared by key, %d differing, %d target rows without source row, %d deleted in %.2fs",
         spec.table,
@@ -353,6 +375,8 @@ def refresh_by_chunks(
     spec: TableSpec,
     load_path: LoadPath,
     max_fraction: float = REPAIR_FRACTION,
+    *,
+    on_recovered: Callable[[float], None] | None = None,
 ) -> RefreshOutcome:
     """Compare all columns; repair the differing rows when under ``max_fraction`` of the chunks
     differ, else leave the reload (shadow swap) to the caller."""
@@ -376,6 +400,7 @@ def refresh_by_chunks(
         compare_spec,
         comparison.differences,
         spec.sanitize or settings.sanitize_policy,
+        on_recovered=on_recovered,
     )
     logger.info(
         "%s: %d of %d chunks differed; repaired by chunks: %d rows copied, %d deleted",
@@ -514,7 +539,7 @@ class Verifier:
         print(text, file=self.out, flush=True)
 
     def _retrying(self, func: Any, what: str) -> Any:
-        return call_with_retries(func, what=what, stop_event=self.stop_event, **retry_kwargs(self.settings))
+        return RetryPolicy.from_settings(self.settings).call(func, what=what, stop_event=self.stop_event)
 
     def _compare(
         self, spec: TableSpec, repair: bool

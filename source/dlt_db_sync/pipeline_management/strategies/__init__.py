@@ -1,0 +1,1 @@
+"""Sync strategies: one class per way of syncing a table (see ``base`` for the interface)."""
