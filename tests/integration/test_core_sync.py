@@ -327,3 +327,12 @@ def test_writer_without_temporary_tables_uses_regular_staging(
     assert run_once(sync_env, monkeypatch, TARGET_DB_USER="tw", TARGET_DB_PASS="pw") == 0
     assert_identical(sync_env.source, sync_env.source_db, sync_env.target, sync_env.target_db, "a")
     assert not sync_env.tgt_query("SHOW TABLES LIKE '\\_dlt\\_stage%'")
+    # Re-copies outside the cycle's loader (here --verify --repair) stage without temporary tables too.
+    sync_env.tgt("UPDATE a SET v = 'z' WHERE id BETWEEN 500 AND 520")
+    from db_pipeline import main
+
+    for key, value in sync_env.environ(TARGET_DB_USER="tw", TARGET_DB_PASS="pw").items():
+        monkeypatch.setenv(key, value)
+    assert main(["--verify", "--repair", "a"]) == 0
+    assert_identical(sync_env.source, sync_env.source_db, sync_env.target, sync_env.target_db, "a")
+    assert not sync_env.tgt_query("SHOW TABLES LIKE '\\_dlt\\_stage%'")

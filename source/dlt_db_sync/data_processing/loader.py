@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pymysql
 from sqlalchemy import exc as sa_exc
 
 from dlt_db_sync.config.settings import SanitizePolicy, Settings
@@ -108,6 +109,7 @@ class TargetLoader:
         self._plan: LoadPlan | None = None
         # Without CREATE TEMPORARY TABLES (not in TRD 7.1.1's grants) a regular staging table is used.
         self.persistent_stage = persistent_stage
+        self._stage_lock = threading.Lock()
         self._stages_created: set[str] = set()
         self._counter_lock = threading.Lock()  # chunks may commit from two loader threads
         # Keys of target rows removed because a staged row took over one of their unique values
@@ -343,19 +345,7 @@ class TargetLoader:
 
         Returns the number of values per column the sanitization policy set to NULL.
         """
-        comment = "dlt-db-sync staging rows of one chunk; safe to drop while the daemon is stopped"
-        if self.persistent_stage:
-            stage = self.stage_name(table)
-            if stage not in self._stages_created:
-                # DDL commits implicitly; here, at the start of the chunk, there is nothing to commit yet.
-                cursor.execute(f"DROP TABLE IF EXISTS {q(stage)}")
-                cursor.execute(self.dialect.stage_table_sql(stage, len(columns), temporary=False, comment=comment))
-                self._stages_created.add(stage)
-            cursor.execute(f"DELETE FROM {q(stage)}")
-        else:
-            stage = "_dlt_sync_stage"
-            cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {q(stage)}")
-            cursor.execute(self.dialect.stage_table_sql(stage, len(columns), temporary=True))
+        stage = self._create_stage(cursor, table, len(columns))
         stage_columns = self.dialect.stage_columns(len(columns))
         if self.path == "load_data":
             self._load_data(cursor, stage, stage_columns, "", encode_tsv_buffer(chunk))
@@ -380,6 +370,35 @@ class TargetLoader:
             cursor.execute(statement)
         cursor.execute(f"DELETE FROM {q(stage)}" if self.persistent_stage else f"DROP TEMPORARY TABLE {q(stage)}")
         return counts
+
+    def _create_stage(self, cursor: Any, table: str, width: int) -> str:
+        """An empty stage table of ``width`` columns for one chunk; its name.
+
+        A temporary table unless the target refuses them (the writer grants of TRD 7.1.1 lack
+        CREATE TEMPORARY TABLES): then a regular table per loaded table, created once and emptied
+        per chunk. Loaders built without the start-up probe's answer (re-copies, repair) find out
+        here and switch for the rest of their life.
+        """
+        if not self.persistent_stage:
+            stage = "_dlt_sync_stage"
+            cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {q(stage)}")
+            try:
+                cursor.execute(self.dialect.stage_table_sql(stage, width, temporary=True))
+                return stage
+            except pymysql.err.MySQLError as exc:
+                if mysql_error_code(exc) not in TEMPORARY_TABLE_REFUSED:
+                    raise
+                self.persistent_stage = True
+        stage = self.stage_name(table)
+        with self._stage_lock:  # parallel chunks that switched together create it once
+            if stage not in self._stages_created:
+                # DDL commits implicitly; here, at the start of the chunk, there is nothing to commit yet.
+                comment = "dlt-db-sync staging rows of one chunk; safe to drop while the daemon is stopped"
+                cursor.execute(f"DROP TABLE IF EXISTS {q(stage)}")
+                cursor.execute(self.dialect.stage_table_sql(stage, width, temporary=False, comment=comment))
+                self._stages_created.add(stage)
+        cursor.execute(f"DELETE FROM {q(stage)}")
+        return stage
 
     def _other_unique_keys(self, cursor: Any, table: str, key: Sequence[str]) -> list[list[tuple[str, int | None]]]:
         """The target's unique indexes other than the merge key, as (column, prefix) lists (read once per load)."""
