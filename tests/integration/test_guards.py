@@ -187,7 +187,7 @@ def test_print_lists_differences_and_changes_nothing(
 
 
 def test_print_requires_verify(capsys: pytest.CaptureFixture[str]) -> None:
-    from db_pipeline import parse_args
+    from dlt_db_sync.config.command_line import parse_args
 
     with pytest.raises(SystemExit) as exited:
         parse_args(["--once", "--print"])

@@ -20,8 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import db_pipeline
 from dlt_db_sync.config import settings as config
+from dlt_db_sync.config.command_line import parse_args
 from dlt_db_sync.config.tables import TableSpec, load_tables
 from dlt_db_sync.data_processing.file_staging import staged_batches
 from dlt_db_sync.error_handling.errors import ConfigError
@@ -29,6 +29,7 @@ from dlt_db_sync.error_handling.retry import call_with_retries
 from dlt_db_sync.monitoring.health import health_report
 from dlt_db_sync.monitoring.metrics import Metrics
 from dlt_db_sync.monitoring.run_state import SyncStatus
+from dlt_db_sync.pipeline_management.signals import Signals
 from dlt_db_sync.utils.logging_setup import log_fields, setup_logging
 from required_tools import missing, tool, which
 
@@ -55,7 +56,7 @@ def settings_from(**env: str) -> config.Settings:
     ],
 )
 def test_tables_are_accepted_wherever_they_appear(argv: list[str]) -> None:
-    args = db_pipeline.parse_args(argv)
+    args = parse_args(argv)
     assert args.verify and args.repair and args.tables == ["payment", "orders"]
 
 
@@ -71,7 +72,7 @@ def test_tables_are_accepted_wherever_they_appear(argv: list[str]) -> None:
 )
 def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        db_pipeline.parse_args(argv)
+        parse_args(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -140,7 +141,7 @@ def test_signals_run_no_python_code_that_writes_or_locks(monkeypatch: pytest.Mon
     import signal
 
     stop = threading.Event()
-    signals = db_pipeline.Signals(stop)
+    signals = Signals(stop)
     signals.install()
     try:
         os.kill(os.getpid(), signal.SIGHUP)
