@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-external unit lint bench deps tools clean fuzz
+.PHONY: demo test test-external unit lint bench bench-tools deps tools clean fuzz
 
 $(STAMP): source/requirements.txt requirements-dev.txt pyproject.toml
 	@command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || \
@@ -67,8 +67,18 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) bench/demo.py
 
-## Benchmark against plain dlt and the raw LOAD DATA pipe, plus start-up times; writes bench/RESULTS.md.
-bench: $(STAMP)
+## mydumper + myloader, the baseline of the initial-load benchmark (issue 18); installed when missing
+## (the benchmark prints a "not installed" row when apt-get cannot install it).
+bench-tools:
+	@{ command -v mydumper >/dev/null 2>&1 && command -v myloader >/dev/null 2>&1; } || \
+	  { echo "installing mydumper (apt-get)"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mydumper >/dev/null || \
+	    echo "could not install mydumper: its baseline will be reported as not installed"; }
+
+## Benchmark against mydumper + myloader, plain dlt and the raw LOAD DATA pipe on two server profiles
+## (tuned, MariaDB defaults), plus start-up times; writes bench/RESULTS.md. BENCH_SCALE_ROWS=10000000
+## adds the scale check on the default profile; BENCH_SKIP_DLT_DEFAULT=1 skips plain dlt there.
+bench: $(STAMP) bench-tools
 	$(PY) bench/startup_bench.py
 	$(PY) bench/run_bench.py
 

@@ -1,22 +1,34 @@
-"""`make bench`: the sync daemon against plain dlt and the raw ``SELECT`` -> ``LOAD DATA`` pipe.
+"""`make bench`: the sync daemon against mydumper + myloader, plain dlt and the raw ``SELECT`` -> ``LOAD DATA`` pipe.
 
-Starts its own throwaway source and target MariaDB servers (``tests/mariadb_server.py``, with a
-1 GB InnoDB buffer pool each), generates the data with SQL (``seq_1_to_N``), runs every scenario
-and baseline in the same run and writes ``bench/RESULTS.md``:
+Runs every scenario on two server profiles, one after the other, each on its own pair of
+throwaway source and target MariaDB servers (``tests/mariadb_server.py``):
+
+* ``tuned``: a 1 GB InnoDB buffer pool, a 512 MB redo log, ``innodb_flush_log_at_trx_commit=2``
+  (the test servers' setting) and a 256 MB ``max_allowed_packet``;
+* ``default``: MariaDB's own defaults (96 MB redo log, ``innodb_flush_log_at_trx_commit=1``, 16 MB
+  ``max_allowed_packet``) except a 512 MB buffer pool -- an untuned reporting server.
+
+It generates the data with SQL (``seq_1_to_N``) and writes ``bench/RESULTS.md``. Per profile:
 
 * raw pipe: ``mariadb --batch --quick`` to a TSV file, then ``LOAD DATA LOCAL INFILE`` into an
   empty copy of the table (the speed limit of the two servers and the client machine);
-* plain dlt: ``sql_table`` -> ``sqlalchemy`` destination, default settings, ``replace``;
+* mydumper + myloader (Debian's ``mydumper`` package; a "not installed" row when missing): 2
+  threads, 100,000-row files, the dump's and the load's process wall times added;
+* plain dlt: ``sql_table`` -> ``sqlalchemy`` destination, default settings, ``replace``
+  (``BENCH_SKIP_DLT_DEFAULT=1`` skips it on the default profile, ``--skip-dlt`` on both);
 * the daemon (``bench_driver.py``, one process per configuration, driven cycle by cycle): full
   initial sync in ``file_staging`` and ``direct`` mode; the incremental cycle after one UPDATE of
-  10,000 rows sharing one ``updated_at``, both modes; idle cycles over 50 small tables + orders;
-  a 5,000,000-row full sync for peak RSS (``--skip-5m`` skips it).
+  10,000 rows sharing one ``updated_at``, both modes; idle cycles over 50 small tables + orders.
+* tuned only: the extraction backends, a CHUNK_SIZE variant and a 5x-rows full sync for peak RSS
+  (``--skip-5m`` skips it); default only, opt-in: the scale check (``--scale-rows`` or
+  ``BENCH_SCALE_ROWS``, e.g. 10,000,000) -- mydumper + myloader and the daemon in direct mode.
 
 Peak RSS is the daemon process's kernel high-water mark (``ru_maxrss``) -- extraction,
 staging, encoding and loading all run in that one process -- cross-checked by psutil polling.
 
-    python bench/run_bench.py                 # the full run (~15 min on 2 cores)
-    python bench/run_bench.py --rows 200000 --skip-5m --skip-dlt   # a quick development run
+    python bench/run_bench.py                 # the full run (~20 min on 2 cores)
+    python bench/run_bench.py --rows 200000 --skip-5m --skip-dlt --profiles default   # a quick development run
+    BENCH_SCALE_ROWS=10000000 python bench/run_bench.py --profiles default --only scale  # the scale check alone
 """
 
 from __future__ import annotations
@@ -47,7 +59,49 @@ from mariadb_server import MariaDBServer, init_template  # noqa: E402
 from orders_data import ORDERS_DATA, ORDERS_DDL  # noqa: E402
 from table_checks import table_fingerprint  # noqa: E402
 
-SERVER_ARGS = ["--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M", "--max-allowed-packet=256M"]
+
+@dataclass(frozen=True)
+class Profile:
+    """One server configuration: arguments added to the test servers' own (``mariadb_server.py``)."""
+
+    name: str
+    args: tuple[str, ...]
+    description: str
+
+
+PROFILES = {
+    "tuned": Profile(
+        "tuned",
+        ("--innodb-buffer-pool-size=1G", "--innodb-log-file-size=512M", "--max-allowed-packet=256M"),
+        "1 GB buffer pool, 512 MB redo log, flush_log_at_trx_commit=2 (the test servers' setting)",
+    ),
+    "default": Profile(
+        "default",
+        # mariadb_server.py's own arguments set a 64 MB redo log and flush_log_at_trx_commit=2 for
+        # fast tests: put MariaDB 10.11's defaults back (later arguments win).
+        (
+            "--innodb-buffer-pool-size=512M",
+            "--innodb-log-file-size=96M",
+            "--innodb-flush-log-at-trx-commit=1",
+            "--max-allowed-packet=16M",
+        ),
+        "MariaDB defaults (96 MB redo log, flush_log_at_trx_commit=1, 16 MB max_allowed_packet) but a 512 MB buffer pool",
+    ),
+}
+# Printed per profile, as each target server reports them.
+SERVER_VARIABLES = (
+    "innodb_buffer_pool_size",
+    "innodb_log_file_size",
+    "innodb_flush_log_at_trx_commit",
+    "innodb_doublewrite",
+    "innodb_flush_method",
+    "innodb_io_capacity",
+    "max_allowed_packet",
+    "sync_binlog",
+    "log_bin",
+)
+MYLOADER_THREADS = 2
+MYDUMPER_FILE_ROWS = 100_000
 SOURCE_DB = "bench_source"
 SOURCE_5M_DB = "bench_source_5m"
 SMALL_TABLES = 50
@@ -66,6 +120,14 @@ INSERT INTO small_{n:02d} SELECT seq, CONCAT('Zeile ', seq, ' ä'), seq * 1.5,
 """
 
 
+def mydumper_version() -> str:
+    """``mydumper x.y.z``, or that it is not installed."""
+    if shutil.which("mydumper") is None or shutil.which("myloader") is None:
+        return "mydumper not installed"
+    out = subprocess.run(["mydumper", "--version"], capture_output=True, text=True, check=False).stdout
+    return out.split(",")[0].strip() or "mydumper (unknown version)"
+
+
 # --------------------------------------------------------------------------- measurements
 @dataclass
 class Measurement:
@@ -78,6 +140,12 @@ class Measurement:
     polled_rss_mb: float | None = None
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Process wall time comparable to a command-line tool's (the daemon: start-up + cycle).
+    wall: float | None = None
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.wall if self.wall is not None else self.seconds
 
     @property
     def rows_per_second(self) -> float:
@@ -174,27 +242,33 @@ class Driver:
 class Bench:
     """Servers, data and scenarios of one benchmark run."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, profile: Profile, workdir: Path, log_lines: list[str]) -> None:
         self.args = args
+        self.profile = profile
         self.rows: int = args.rows
-        self.workdir = Path(tempfile.mkdtemp(prefix="dlt_sync_bench_", dir=args.workdir))
+        self.workdir = workdir / profile.name
+        self.workdir.mkdir()
+        self.template_parent = workdir
         self.source: MariaDBServer | None = None
         self.target: MariaDBServer | None = None
         self.results: dict[str, Measurement] = {}
         self.machine: dict[str, Any] = {}
-        self.log_lines: list[str] = []
+        self.server_settings: dict[str, str] = {}
+        self.load_averages: dict[str, tuple[float, float, float]] = {}
+        self.log_lines = log_lines  # shared by the profiles: one run log
         self.extract_reports: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ infrastructure
     def say(self, message: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        line = f"[{time.strftime('%H:%M:%S')}] [{self.profile.name}] {message}"
         print(line, flush=True)
         self.log_lines.append(line)
 
     def start_servers(self) -> None:
-        template = init_template(self.workdir)
-        self.source = MariaDBServer(self.workdir, template, "bench-source", SERVER_ARGS).start()
-        self.target = MariaDBServer(self.workdir, template, "bench-target", SERVER_ARGS).start()
+        template = init_template(self.template_parent)
+        args = list(self.profile.args)
+        self.source = MariaDBServer(self.workdir, template, "bench-source", args).start()
+        self.target = MariaDBServer(self.workdir, template, "bench-target", args).start()
 
     def stop_servers(self) -> None:
         for server in (self.source, self.target):
@@ -219,11 +293,21 @@ class Bench:
             "cpu_model": model,
             "ram_gb": round(psutil.virtual_memory().total / 1024**3, 1),
             "mariadb": self.source.scalar("SELECT VERSION()"),
-            "load_average_start": os.getloadavg(),
             "python": platform.python_version(),
-            "versions": f"dlt {dlt.__version__}, pyarrow {pyarrow.__version__}, connectorx {connectorx.__version__}",
-            "server_args": " ".join(SERVER_ARGS),
+            "versions": f"dlt {dlt.__version__}, pyarrow {pyarrow.__version__}, connectorx {connectorx.__version__}, "
+            f"{mydumper_version()}",
         }
+
+    def describe_servers(self) -> None:
+        """The target server's settings that decide load speed, as the server reports them."""
+        assert self.target is not None
+        names = ", ".join(f"'{n}'" for n in SERVER_VARIABLES)
+        found = dict(self.target.query(f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({names})"))
+        for name in SERVER_VARIABLES:
+            value = str(found.get(name, "?"))
+            if value.isdigit() and int(value) >= 1024 * 1024:
+                value = f"{int(value) // (1024 * 1024)}M"
+            self.server_settings[name] = value
 
     def base_env(self, target_db: str, source_db: str = SOURCE_DB, **overrides: str) -> dict[str, str]:
         assert self.source is not None and self.target is not None
@@ -330,6 +414,58 @@ class Bench:
         )
         self.say(f"raw pipe: {loaded - started:.1f}s ({self.results['raw'].notes})")
 
+    def mydumper_myloader(self, source_db: str = SOURCE_DB, key: str = "myloader", rows: int | None = None) -> None:
+        """mydumper to SQL files, then myloader into a new database: both process wall times added."""
+        assert self.source is not None and self.target is not None
+        rows = rows or self.rows
+        label = f"mydumper + myloader ({MYLOADER_THREADS} threads, {MYDUMPER_FILE_ROWS:,}-row files)"
+        if rows != self.rows:
+            label += f", {rows:,} rows"
+        if shutil.which("mydumper") is None or shutil.which("myloader") is None:
+            self.results[key] = Measurement(label, rows, 0.0, notes="not installed (apt-get install mydumper)")
+            self.say("mydumper + myloader: not installed, skipped")
+            return
+        dump = self.workdir / f"dump_{key}"
+        target_db = f"tgt_{key}"
+
+        def connection(server: MariaDBServer) -> list[str]:
+            return ["--host", server.host, "--port", str(server.port), "--user", "root"]
+
+        self.target.execute(f"CREATE DATABASE `{target_db}` CHARACTER SET utf8mb4")
+        started = time.monotonic()
+        subprocess.run(
+            [
+                "mydumper",
+                *connection(self.source),
+                "--database", source_db, "--tables-list", "orders", "--outputdir", str(dump),
+                "--rows", str(MYDUMPER_FILE_ROWS), "--threads", str(MYLOADER_THREADS),
+            ],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        dumped = time.monotonic()
+        subprocess.run(
+            [
+                "myloader",
+                *connection(self.target),
+                "--directory", str(dump), "--database", target_db, "--threads", str(MYLOADER_THREADS),
+                "--overwrite-tables",
+            ],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        loaded = time.monotonic()
+        size_mb = sum(f.stat().st_size for f in dump.iterdir()) / 1e6
+        shutil.rmtree(dump, ignore_errors=True)
+        ok = self.identical(target_db, source_db=source_db)
+        self.results[key] = Measurement(
+            label,
+            rows,
+            loaded - started,
+            notes=f"dump {dumped - started:.1f}s + load {loaded - dumped:.1f}s, {size_mb:.0f} MB of SQL"
+            + ("" if ok else "; COPY DIFFERS"),
+        )
+        self.say(f"{label}: {loaded - started:.1f}s ({self.results[key].notes})")
+        self.target.execute(f"DROP DATABASE `{target_db}`")
+
     def plain_dlt(self) -> None:
         assert self.source is not None and self.target is not None
         source_url = f"mysql+pymysql://root@{self.source.host}:{self.source.port}/{SOURCE_DB}"
@@ -402,8 +538,9 @@ class Bench:
             report["maxrss_mb"],
             report["polled_rss_mb"],
             notes=f"backend {table['backend']}; identical: {'yes' if ok else 'NO'}; "
-            f"process start before the cycle {driver.startup_seconds:.1f}s (not included)",
+            f"process start before the cycle {driver.startup_seconds:.1f}s (in the wall time only)",
             extra={"path": self.load_path(driver)},
+            wall=driver.startup_seconds + report["seconds"],
         )
         self.say(f"full sync {mode}: {report['seconds']:.1f}s, peak RSS {report['maxrss_mb']:.0f} MB, identical={ok}")
         return driver
@@ -530,14 +667,52 @@ class Bench:
             self.say(f"{rows:,} rows full sync {mode}: {report['seconds']:.1f}s, peak RSS {report['maxrss_mb']:.0f} MB")
             self.target.execute(f"DROP DATABASE {target_db}")
 
+    def scale(self, rows: int) -> None:
+        """The scale check: mydumper + myloader and the daemon (direct) on ``rows`` rows, peak RSS."""
+        assert self.source is not None and self.target is not None
+        db = "bench_source_scale"
+        started = time.monotonic()
+        self.source.execute(f"CREATE DATABASE {db} CHARACTER SET utf8mb4")
+        self.source.execute(ORDERS_DDL, db)
+        self.source.execute(ORDERS_DATA.format(rows=rows), db)
+        self.say(f"generated orders ({rows:,} rows) in {time.monotonic() - started:.1f}s")
+        self.mydumper_myloader(db, "scale_myloader", rows)
+        tables = self.tables_file("scale", [{"table": "orders", "primary_key": "id", "modifier": "updated_at"}])
+        target_db = "tgt_scale_direct"
+        self.target.execute(f"CREATE DATABASE {target_db} CHARACTER SET utf8mb4")
+        env = self.base_env(target_db, source_db=db, PIPELINE_MODE="direct", TABLES_FILE=str(tables), PROGRESS="off")
+        driver = Driver(env, self.workdir / "scale_direct.log")
+        try:
+            report = driver.cycle()
+        finally:
+            driver.close()
+        table = report["tables"]["orders"]
+        ok = self.identical(target_db, source_db=db)
+        self.results["scale_direct"] = Measurement(
+            f"daemon full initial sync, direct, {rows:,} rows",
+            table["rows"],
+            report["seconds"],
+            report["maxrss_mb"],
+            report["polled_rss_mb"],
+            notes=f"backend {table['backend']}; identical: {'yes' if ok else 'NO'}; "
+            f"process start before the cycle {driver.startup_seconds:.1f}s (in the wall time only)",
+            wall=driver.startup_seconds + report["seconds"],
+        )
+        self.say(f"{rows:,} rows full sync direct: {report['seconds']:.1f}s, peak RSS {report['maxrss_mb']:.0f} MB")
+        self.target.execute(f"DROP DATABASE {target_db}")
+        self.source.execute(f"DROP DATABASE {db}")
+
     # ------------------------------------------------------------------ run
     def run(self) -> None:
+        tuned = self.profile.name == "tuned"
         self.start_servers()
         try:
+            self.load_averages["start"] = os.getloadavg()
             self.describe_machine()
-            self.say(f"machine: {self.machine}")
+            self.describe_servers()
+            self.say(f"servers: {' '.join(self.profile.args)}; {self.server_settings}")
             self.generate()
-            steps: list[tuple[str, Callable[[], None]]] = [("raw", self.raw_pipe)]
+            steps: list[tuple[str, Callable[[], None]]] = [("raw", self.raw_pipe), ("myloader", self.mydumper_myloader)]
             drivers: dict[str, Driver] = {}
 
             def full(mode: str) -> Callable[[], None]:
@@ -546,8 +721,9 @@ class Bench:
             steps += [
                 ("full_file_staging", full("file_staging")),
                 ("full_direct", full("direct")),
-                ("chunk_variant", self.chunk_variant),
             ]
+            if tuned:
+                steps.append(("chunk_variant", self.chunk_variant))
             try:
                 for name, step in steps:
                     if self.wanted(name):
@@ -561,13 +737,16 @@ class Bench:
                     driver.close()
             if self.wanted("idle") and "file_staging" in drivers:
                 self.idle()
-            if self.wanted("extract"):
+            if tuned and self.wanted("extract"):
                 self.extraction()
-            if self.wanted("dlt") and not self.args.skip_dlt:
+            skip_dlt = self.args.skip_dlt or (not tuned and os.environ.get("BENCH_SKIP_DLT_DEFAULT") == "1")
+            if self.wanted("dlt") and not skip_dlt:
                 self.plain_dlt()
-            if self.wanted("5m") and not self.args.skip_5m:
+            if tuned and self.wanted("5m") and not self.args.skip_5m:
                 self.five_million()
-            self.machine["load_average_end"] = os.getloadavg()
+            if not tuned and self.args.scale_rows and self.wanted("scale"):
+                self.scale(self.args.scale_rows)
+            self.load_averages["end"] = os.getloadavg()
         finally:
             self.stop_servers()
             if not self.args.keep:
@@ -579,98 +758,83 @@ class Bench:
         return not self.args.only or name in self.args.only
 
     # ------------------------------------------------------------------ report
-    def report(self) -> str:
-        raw = self.results.get("raw")
+    def section(self) -> list[str]:
+        """This profile's part of the report: server settings, results, targets."""
+        raw, myloader = self.results.get("raw"), self.results.get("myloader")
+        averages = ", ".join(
+            f"{when} {' '.join(f'{v:.2f}' for v in values)}" for when, values in self.load_averages.items()
+        )
         lines = [
-            "# Benchmark results",
+            f"## Profile `{self.profile.name}`: {self.profile.description}",
             "",
-            f"Generated by `make bench` (`bench/run_bench.py`) on {time.strftime('%Y-%m-%d %H:%M %Z')}; "
-            f"orders: {self.rows:,} rows. Chunk size: {self.args.chunk_size or 'default (CHUNK_SIZE)'}.",
+            f"Server arguments (added to `tests/mariadb_server.py`'s): `{' '.join(self.profile.args)}`. "
+            "The target server reports:",
             "",
-            "## Machine",
+            "| variable | value |",
+            "|---|---|",
+            *(f"| {name} | {value} |" for name, value in self.server_settings.items()),
             "",
+            f"Load average (1, 5, 15 min): {averages}.",
+            "",
+            "`x raw pipe`: rows/s against the raw pipe (higher is faster). `time / myloader`: process wall",
+            "time against mydumper + myloader's (lower is faster; the daemon's wall = its start-up + the cycle).",
+            "",
+            "| scenario | rows | seconds | wall s | rows/s | x raw pipe | time / myloader | peak RSS MB | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
-        for key, value in self.machine.items():
-            if isinstance(value, tuple):
-                value = ", ".join(f"{v:.2f}" for v in value)
-            lines.append(f"- {key.replace('_', ' ')}: {value}")
-        lines += [
-            "",
-            "Source and target servers, the daemon and the baselines all share this machine, and other test",
-            "suites ran on it at the same time (see the load averages): timings are noisy.",
-            "",
-            "## How it was measured",
-            "",
-            "- Data: `orders` as the issue describes it (non-ASCII `note`, `payload` JSON, `updated_at DATETIME(6)`",
-            "  indexed), generated with `seq_1_to_N`; 50 small tables of 200 rows (every tenth without a modifier,",
-            "  i.e. full refresh).",
-            "- Raw pipe: `mariadb --batch --quick` of `SELECT *` to a TSV file, then `LOAD DATA LOCAL INFILE` of it",
-            "  into an empty copy of the table (same definition, same server settings); seconds = both steps.",
-            "- Daemon: `bench/bench_driver.py` builds the daemon's objects from the environment exactly as",
-            "  `db_pipeline.py` does and runs `db_pipeline.run_cycle` per command; seconds = one cycle of a running",
-            "  daemon (schema checks, table creation, state bookkeeping included; interpreter start-up not).",
-            "  Default settings (`CHUNK_SIZE`, `FILE_STAGING_COMPRESSION=snappy`, `BATCH_SIZE`, `BATCH_DELAY` ...).",
-            "- Peak RSS: the daemon process's kernel high-water mark (`ru_maxrss`), which covers the whole process",
-            "  life up to that cycle; in parentheses psutil polling (20 ms) during the cycle alone.",
-            "- Incremental: one `UPDATE` of 10,000 rows to one shared `updated_at`, then the next cycle of the",
-            "  same daemon process; it re-reads the lookback window too (300 s = 301 more rows).",
-            "- Idle: a daemon over the 51 tables after their initial sync; the first cycle of a fresh process",
-            "  (schema checks not cached yet) is shown in the notes.",
-            "- Plain dlt: its own process and pipelines directory, `sql_table` (default backend) into the",
-            '  `sqlalchemy` destination, `write_disposition="replace"`; seconds = `pipeline.run`.',
-            "",
-            "## Results",
-            "",
-            "| scenario | rows | seconds | rows/s | x raw pipe | peak RSS MB | notes |",
-            "|---|---:|---:|---:|---:|---:|---|",
-        ]
-        for m in self.results.values():
-            full_load = m.name.startswith(("raw", "plain", "daemon full"))
-            ratio = f"{m.rows_per_second / raw.rows_per_second:.2f}" if raw and full_load else ""
+        for key, m in self.results.items():
+            full_load = m.name.startswith(("raw", "plain", "daemon full", "mydumper")) and m.seconds > 0
+            same_rows = raw is not None and m.rows == raw.rows
+            ratio = f"{m.rows_per_second / raw.rows_per_second:.2f}" if raw and full_load and same_rows else ""
+            reference = self.results.get("scale_myloader") if key.startswith("scale") else myloader
+            versus = (
+                f"{m.wall_seconds / reference.wall_seconds:.2f}"
+                if reference and reference.seconds > 0 and full_load and m.rows == reference.rows
+                else ""
+            )
             rss = f"{m.peak_rss_mb:.0f}" if m.peak_rss_mb else ""
             if m.polled_rss_mb:
                 rss += f" ({m.polled_rss_mb:.0f} polled)"
-            rate = f"{m.rows_per_second:,.0f}" if m.rows else ""
-            lines.append(f"| {m.name} | {m.rows:,} | {m.seconds:.2f} | {rate} | {ratio} | {rss} | {m.notes} |")
-        if self.extract_reports:
-            lines += [
-                "",
-                "## Extraction backends and the staging writer",
-                "",
-                "Whole `orders` table through the daemon's exact projection; MD5 over the `LOAD DATA` bytes of every row.",
-                "",
-                "| step | what | table | rows | seconds | notes |",
-                "|---|---|---|---:|---:|---|",
-            ]
-            digests = {r["md5"] for r in self.extract_reports if r["step"] == "extract"}
-            for r in self.extract_reports:
-                what = r.get("backend") or r.get("writer")
-                if r["step"] == "extract":
-                    notes = f"md5 {r['md5'][:12]}" + (
-                        " (both backends identical)" if len(digests) == 1 else " (BACKENDS DIFFER)"
-                    )
-                elif "files" not in r:
-                    notes = "fixed cost per run"
-                else:
-                    notes = (
-                        f"{r.get('files')} file(s), {r.get('mb', 0):.1f} MB, {r.get('compression')}, "
-                        f"columns {len(r.get('columns', []))} ({', '.join(r.get('types', []))})"
-                    )
-                    if r.get("steps"):
-                        notes += (
-                            f"; dlt steps {r['steps']}; also wrote {len(r.get('other_files', []))} bookkeeping file(s)"
-                        )
-                lines.append(
-                    f"| {r['step']} | {what} | {r.get('table', 'orders')} | {r.get('rows', 0):,} | {r['seconds']:.2f} | {notes} |"
-                )
-        lines += ["", "## Targets", ""]
+            rate = f"{m.rows_per_second:,.0f}" if m.rows and m.seconds > 0 else ""
+            wall = f"{m.wall:.2f}" if m.wall is not None else ""
+            lines.append(
+                f"| {m.name} | {m.rows:,} | {m.seconds:.2f} | {wall} | {rate} | {ratio} | {versus} | {rss} | {m.notes} |"
+            )
+        lines += ["", f"### Targets, profile `{self.profile.name}`", ""]
         lines += self.targets()
-        lines += ["", "## Run log", "", "```", *self.log_lines, "```", ""]
-        for name in ("VERIFY_RESULTS.md", "STARTUP_RESULTS.md"):  # written by verify_bench.py, startup_bench.py
-            extra = BENCH / name
-            if extra.exists():
-                lines += ["", extra.read_text().rstrip(), ""]
-        return "\n".join(lines)
+        return lines
+
+    def extraction_section(self) -> list[str]:
+        if not self.extract_reports:
+            return []
+        lines = [
+            f"## Extraction backends and the staging writer (profile `{self.profile.name}`)",
+            "",
+            "Whole `orders` table through the daemon's exact projection; MD5 over the `LOAD DATA` bytes of every row.",
+            "",
+            "| step | what | table | rows | seconds | notes |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        digests = {r["md5"] for r in self.extract_reports if r["step"] == "extract"}
+        for r in self.extract_reports:
+            what = r.get("backend") or r.get("writer")
+            if r["step"] == "extract":
+                notes = f"md5 {r['md5'][:12]}" + (
+                    " (both backends identical)" if len(digests) == 1 else " (BACKENDS DIFFER)"
+                )
+            elif "files" not in r:
+                notes = "fixed cost per run"
+            else:
+                notes = (
+                    f"{r.get('files')} file(s), {r.get('mb', 0):.1f} MB, {r.get('compression')}, "
+                    f"columns {len(r.get('columns', []))} ({', '.join(r.get('types', []))})"
+                )
+                if r.get("steps"):
+                    notes += f"; dlt steps {r['steps']}; also wrote {len(r.get('other_files', []))} bookkeeping file(s)"
+            lines.append(
+                f"| {r['step']} | {what} | {r.get('table', 'orders')} | {r.get('rows', 0):,} | {r['seconds']:.2f} | {notes} |"
+            )
+        return lines
 
     def targets(self) -> list[str]:
         r = self.results
@@ -681,6 +845,33 @@ class Bench:
             state = "not measured" if met is None else ("**met**" if met else "**missed**")
             out.append(f"- {label}: {state} — {figures}")
 
+        myloader = r.get("myloader")
+        for mode in ("file_staging", "direct"):
+            m = r.get(f"full_{mode}")
+            if m and myloader and myloader.seconds > 0:
+                ratio = m.wall_seconds / myloader.wall_seconds
+                line(
+                    f"{mode} full sync wall <= 1.0x mydumper + myloader",
+                    ratio <= 1.0,
+                    f"{m.wall_seconds:.1f}s ({m.seconds:.1f}s cycle) vs {myloader.seconds:.1f}s = {ratio:.2f}x",
+                )
+            else:
+                line(f"{mode} full sync wall <= 1.0x mydumper + myloader", None, "")
+        scale, scale_loader = r.get("scale_direct"), r.get("scale_myloader")
+        if scale and scale_loader and scale_loader.seconds > 0:
+            ratio = scale.wall_seconds / scale_loader.wall_seconds
+            one = r.get("full_direct")
+            one_ratio = one.wall_seconds / myloader.wall_seconds if one and myloader and myloader.seconds else None
+            line(
+                f"{scale.rows:,} rows: ratio to mydumper + myloader within 10 % of the 1x figure, direct",
+                None if one_ratio is None else ratio <= one_ratio * 1.1,
+                f"{ratio:.2f}x vs {one_ratio or 0:.2f}x at {self.rows:,} rows",
+            )
+            line(
+                f"{scale.rows:,} rows: peak RSS < 500 MB, direct",
+                None if scale.peak_rss_mb is None else scale.peak_rss_mb < 500,
+                f"{scale.peak_rss_mb or 0:.0f} MB",
+            )
         for mode, factor in (("file_staging", 0.8), ("direct", 0.5)):
             m = r.get(f"full_{mode}")
             if m and raw:
@@ -712,32 +903,112 @@ class Bench:
                 None if one is None or one.peak_rss_mb is None else one.peak_rss_mb < 500,
                 f"{one.peak_rss_mb:.0f} MB" if one and one.peak_rss_mb else "",
             )
-        for mode in ("file_staging", "direct"):
-            one, five = r.get(f"full_{mode}"), r.get(f"full_5m_{mode}")
-            if one and five and one.peak_rss_mb and five.peak_rss_mb:
-                ratio = five.peak_rss_mb / one.peak_rss_mb
-                line(
-                    f"peak RSS at 5x rows <= 1.2x the 1x figure, {mode}",
-                    ratio <= 1.2,
-                    f"{five.peak_rss_mb:.0f} MB vs {one.peak_rss_mb:.0f} MB = {ratio:.2f}x",
-                )
-            else:
-                line(f"peak RSS at 5x rows <= 1.2x the 1x figure, {mode}", None, "skipped (--skip-5m)")
+        if self.profile.name == "tuned":
+            for mode in ("file_staging", "direct"):
+                one, five = r.get(f"full_{mode}"), r.get(f"full_5m_{mode}")
+                if one and five and one.peak_rss_mb and five.peak_rss_mb:
+                    ratio = five.peak_rss_mb / one.peak_rss_mb
+                    line(
+                        f"peak RSS at 5x rows <= 1.2x the 1x figure, {mode}",
+                        ratio <= 1.2,
+                        f"{five.peak_rss_mb:.0f} MB vs {one.peak_rss_mb:.0f} MB = {ratio:.2f}x",
+                    )
+                else:
+                    line(f"peak RSS at 5x rows <= 1.2x the 1x figure, {mode}", None, "skipped (--skip-5m)")
         if self.rows != 1_000_000:
             out.append(f"- note: this run used {self.rows:,} rows, not the 1,000,000 the targets are stated for")
         return out
 
 
+HOW_MEASURED = """\
+- Data: `orders` as the issue describes it (non-ASCII `note`, `payload` JSON, `updated_at DATETIME(6)`
+  indexed), generated with `seq_1_to_N`; 50 small tables of 200 rows (every tenth without a modifier,
+  i.e. full refresh).
+- Raw pipe: `mariadb --batch --quick` of `SELECT *` to a TSV file, then `LOAD DATA LOCAL INFILE` of it
+  into an empty copy of the table (same definition, same server settings); seconds = both steps.
+- mydumper + myloader: `mydumper --threads 2 --rows 100000` of the table to SQL files, then
+  `myloader --threads 2 --overwrite-tables` into an empty database; seconds = both process wall times.
+- Daemon: `bench/bench_driver.py` builds the daemon's objects from the environment exactly as
+  `db_pipeline.py` does and runs `db_pipeline.run_cycle` per command; seconds = one cycle of a running
+  daemon (schema checks, table creation, index build, state bookkeeping included); wall = the process's
+  start-up (interpreter and imports until ready) + that cycle, what `--once` costs from the command line.
+  Default settings (`CHUNK_SIZE`, `FILE_STAGING_COMPRESSION=snappy`, `BATCH_SIZE`, `BATCH_DELAY` ...).
+- Every copy is checked against the source (`table_checks.table_fingerprint`): "identical" / "COPY DIFFERS".
+- Peak RSS: the daemon process's kernel high-water mark (`ru_maxrss`), which covers the whole process
+  life up to that cycle; in parentheses psutil polling (20 ms) during the cycle alone.
+- Incremental: one `UPDATE` of 10,000 rows to one shared `updated_at`, then the next cycle of the
+  same daemon process; it re-reads the lookback window too (300 s = 301 more rows).
+- Idle: a daemon over the 51 tables after their initial sync; the first cycle of a fresh process
+  (schema checks not cached yet) is shown in the notes.
+- Plain dlt: its own process and pipelines directory, `sql_table` (default backend) into the
+  `sqlalchemy` destination, `write_disposition="replace"`; seconds = `pipeline.run`."""
+
+
+def combined_report(benches: list[Bench], args: argparse.Namespace, machine: dict[str, Any]) -> str:
+    """bench/RESULTS.md: the machine, then each profile's settings, results and targets, then the run log."""
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Generated by `make bench` (`bench/run_bench.py`) on {time.strftime('%Y-%m-%d %H:%M %Z')}; "
+        f"orders: {args.rows:,} rows; profiles: {', '.join(b.profile.name for b in benches)}. "
+        f"Chunk size: {args.chunk_size or 'default (CHUNK_SIZE)'}.",
+        "",
+        "## Machine",
+        "",
+    ]
+    for key, value in machine.items():
+        lines.append(f"- {key.replace('_', ' ')}: {value}")
+    lines += [
+        "",
+        "Source and target servers, the daemon and the baselines all share this machine, and other work",
+        "ran on it at the same time (see each profile's load averages): timings are noisy; compare",
+        "ratios measured in the same run.",
+        "",
+        "## How it was measured",
+        "",
+        HOW_MEASURED,
+        "",
+    ]
+    for bench in benches:
+        lines += [*bench.section(), ""]
+    for bench in benches:
+        extraction = bench.extraction_section()
+        if extraction:
+            lines += [*extraction, ""]
+    log_lines = benches[0].log_lines if benches else []
+    lines += ["## Run log", "", "```", *log_lines, "```", ""]
+    for name in ("INITIAL_LOAD_RESULTS.md", "VERIFY_RESULTS.md", "STARTUP_RESULTS.md"):  # written by other scripts
+        extra = BENCH / name
+        if extra.exists():
+            lines += ["", extra.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the orders table (default 1,000,000)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=int(os.environ.get("BENCH_ROWS") or 1_000_000),
+        help="rows of the orders table (default BENCH_ROWS or 1,000,000)",
+    )
+    parser.add_argument(
+        "--profiles", nargs="*", choices=sorted(PROFILES), default=["tuned", "default"], help="server profiles to run"
+    )
+    parser.add_argument(
+        "--scale-rows",
+        type=int,
+        default=int(os.environ.get("BENCH_SCALE_ROWS") or 0),
+        help="the default profile's scale check with this many rows (default BENCH_SCALE_ROWS, else off)",
+    )
     parser.add_argument("--skip-5m", action="store_true", help="skip the 5x-rows peak-RSS scenario")
     parser.add_argument("--skip-dlt", action="store_true", help="skip the plain-dlt baseline (slow)")
     parser.add_argument("--chunk-size", type=int, help="CHUNK_SIZE for the daemon (default: the daemon's default)")
     parser.add_argument(
         "--only",
         nargs="*",
-        help="run only these steps: raw full_file_staging full_direct chunk_variant incremental idle extract dlt 5m",
+        help="run only these steps: raw myloader full_file_staging full_direct chunk_variant incremental idle "
+        "extract dlt 5m scale",
     )
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md", help="where to write the results")
     parser.add_argument("--workdir", type=Path, default=None, help="parent directory for servers and files")
@@ -747,9 +1018,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    bench = Bench(args)
-    bench.run()
-    text = bench.report()
+    workdir = Path(tempfile.mkdtemp(prefix="dlt_sync_bench_", dir=args.workdir))
+    log_lines: list[str] = []
+    benches: list[Bench] = []
+    machine: dict[str, Any] = {}
+    try:
+        for name in args.profiles:
+            bench = Bench(args, PROFILES[name], workdir, log_lines)
+            benches.append(bench)
+            bench.run()
+            machine = machine or bench.machine
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    text = combined_report(benches, args, machine)
     args.output.write_text(text)
     print()
     print(text)

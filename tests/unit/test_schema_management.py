@@ -241,3 +241,30 @@ def test_generated_columns_over_a_timestamp_are_named() -> None:
         Column("d", "int", "int(11)", True, None, None, generated=True),
     ]
     assert time_zone_dependent_generated_columns(TableDefinition("g", columns, ddl, column_definitions(ddl))) == ["c"]
+
+
+def test_deferrable_indexes_are_the_plain_keys_with_their_own_text() -> None:
+    from dlt_db_sync.schema_management.deferred_indexes import deferrable_indexes, load_table_name
+
+    create = """CREATE TABLE `t` (
+  `id` int(11) NOT NULL,
+  `seq` int(11) NOT NULL AUTO_INCREMENT,
+  `a` varchar(40) NOT NULL,
+  `b` text NOT NULL,
+  `g` point NOT NULL,
+  PRIMARY KEY (`id`),
+  UNIQUE KEY `uq_a` (`a`),
+  KEY `ix_seq` (`seq`),
+  KEY `ix_a_b` (`a`,`b`(12) DESC) COMMENT 'it''s, reporting',
+  KEY `ix``odd` (`b`(3)) IGNORED,
+  FULLTEXT KEY `ft_b` (`b`),
+  SPATIAL KEY `sp_g` (`g`),
+  CONSTRAINT `c` CHECK (`id` > 0)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
+    found = deferrable_indexes(create)
+    assert [i.add_clause for i in found] == [
+        "ADD KEY `ix_a_b` (`a`,`b`(12) DESC) COMMENT 'it''s, reporting'",
+        "ADD KEY `ix``odd` (`b`(3)) IGNORED",
+    ]
+    assert [i.drop_clause for i in found] == ["DROP INDEX `ix_a_b`", "DROP INDEX `ix``odd`"]
+    assert len(load_table_name("x" * 64)) == 64 and load_table_name("t") == "t__dlt_load"

@@ -280,9 +280,21 @@ class FakeTransfer:
     rows: int = 0
     loads: list[dict[str, Any]] = field(default_factory=list)
     copies: list[list[Any]] = field(default_factory=list)
+    created: list[bool] = field(default_factory=list)  # the ``created`` flag of each load
 
-    def load(self, spec: TableSpec, mode: str, _def: Any, table: str, lower: Any, into_empty: bool, *rest: Any) -> Any:
+    def load(
+        self,
+        spec: TableSpec,
+        mode: str,
+        _def: Any,
+        table: str,
+        lower: Any,
+        into_empty: bool,
+        *rest: Any,
+        created: bool = False,
+    ) -> Any:
         self.loads.append({"table": table, "lower": lower, "into_empty": into_empty, "window_rows": rest[:1]})
+        self.created.append(created)
         return self.rows, "pyarrow", {}
 
     def copy_rows(self, _spec: TableSpec, _def: Any, keys: Any) -> int:
@@ -356,14 +368,18 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     return w
 
 
-def run_incremental(world: World, backfill: bool = False, rows: int = 4) -> tuple[TableResult, FakeTransfer]:
+def run_incremental(
+    world: World, backfill: bool = False, rows: int = 4, created: bool = False
+) -> tuple[TableResult, FakeTransfer]:
     class Loading(FakeTransfer):
-        def load(self, *args: Any) -> Any:
+        def load(self, *args: Any, **kwargs: Any) -> Any:
             world.loaded = True
-            return super().load(*args)
+            return super().load(*args, **kwargs)
 
     transfer = Loading(rows=rows)
     strategy = IncrementalStrategy(make_context(), transfer)  # type: ignore[arg-type]
+    if created:
+        strategy.created.add(SPEC.table)  # as sync() does when its schema check created the table
     result = strategy.run(SPEC, "direct", world.source, world.target, DEFINITION, backfill)  # type: ignore[attr-defined]
     return result, transfer
 
@@ -406,7 +422,15 @@ def test_an_empty_target_loads_every_row_straight_in(world: World) -> None:
     world.watermark, world.target_has_rows = (None, None), False
     _result, transfer = run_incremental(world)
     assert transfer.loads == [{"table": "t", "lower": None, "into_empty": True, "window_rows": (None,)}]
+    assert transfer.created == [False]  # an empty table it did not create: indexes stay during the load
     assert world.writes[0] == ("pending", "t", None)
+
+
+def test_the_first_load_of_a_table_this_attempt_created_says_so(world: World) -> None:
+    """The transfer then builds the table's secondary indexes after the load (deferred_indexes)."""
+    world.watermark, world.target_has_rows = (None, None), False
+    _result, transfer = run_incremental(world, created=True)
+    assert transfer.created == [True]
 
 
 def test_a_new_column_re_reads_the_whole_table_as_an_upsert(world: World) -> None:

@@ -113,9 +113,18 @@ class SyncStrategy(ABC):
 class CopyStrategy(SyncStrategy):
     """A strategy that copies rows over one source/target connection pair after the schema check."""
 
+    def __init__(self, context: SyncContext) -> None:
+        super().__init__(context)
+        # Target tables created by the current attempt: their first load may build the secondary
+        # indexes after the rows are in (schema_management.deferred_indexes).
+        self.created: set[str] = set()
+
     def sync(self, spec: TableSpec, mode: PipelineMode) -> TableResult:
+        self.created.discard(spec.table)  # only a table this attempt creates
         with self.engines.source.connect() as source, self.engines.target.connect() as target:
             source_def, changes = self._check_schema(spec, source, target)
+            if changes.created:
+                self.created.add(spec.table)
             # A new column (or a renamed one) holds values in rows outside the window too.
             result = self.run(spec, mode, source, target, source_def, backfill=changes.needs_backfill)
             if changes.unique_keys_to_add:

@@ -129,7 +129,7 @@ class IncrementalStrategy(CopyStrategy):
         target.commit()
         window_rows = self._window_rows.pop(spec.table, None) if lower is not None else None
         rows, backend, sanitized = self.transfer.load(
-            spec, mode, source_def, spec.table, lower, into_empty, window_rows
+            spec, mode, source_def, spec.table, lower, into_empty, window_rows, created=spec.table in self.created
         )
         if lower is not None:
             rows += self._settle_window(spec, source, target, source_def, lower)

@@ -28,6 +28,7 @@ from dlt_db_sync.data_processing.extraction import (
 from dlt_db_sync.data_processing.loader import TargetLoader, rechunk
 from dlt_db_sync.error_handling.errors import ExtractionBackendError, describe_error, mysql_error_code
 from dlt_db_sync.pipeline_management.context import SyncContext
+from dlt_db_sync.schema_management.deferred_indexes import deferred_index_load
 from dlt_db_sync.schema_management.model import TableDefinition
 from dlt_db_sync.utils.logging_setup import log_fields
 from dlt_db_sync.utils.progress import progress
@@ -120,11 +121,16 @@ class Transfer:
         lower: str | None,
         into_empty: bool,
         window_rows: int | None = None,
+        *,
+        created: bool = False,
     ) -> tuple[int, str, dict[str, int]]:
         """Extract and load; returns (rows, backend, values per column the sanitization policy set to NULL).
 
         ``table`` is where rows go (a shadow table for a full refresh); ``lower`` the window's lower
-        bound (None: every row); ``window_rows`` the source rows the window fingerprint counted.
+        bound (None: every row); ``window_rows`` the source rows the window fingerprint counted;
+        ``created``: this attempt created ``table``. A whole-table load into a table created by this
+        attempt, or into a full refresh's shadow, goes where nobody reads yet, so the table's plain
+        secondary indexes are built once, after the rows are in (:mod:`deferred_indexes`).
         """
         context = self.context
         settings = context.settings
@@ -143,7 +149,7 @@ class Transfer:
         expected = estimate if lower is None else window_rows
         backend, paging = self._extraction_plan(spec, mode, source_def, backend, expected)
 
-        def run(backend: Backend) -> int:
+        def run(backend: Backend, into: str) -> int:
             with (
                 self._stream(
                     spec, mode, source_def, lower, backend, paging if backend == "connectorx" else None
@@ -151,7 +157,7 @@ class Transfer:
                 progress(spec.table, estimate, settings) as bar,
             ):
                 return loader.load(
-                    table,
+                    into,
                     source_def.loaded_columns,
                     spec.primary_key,
                     batches,
@@ -163,20 +169,29 @@ class Transfer:
         # Rows are about to be extracted, so dlt is needed now anyway (imported in this, the main thread).
         from dlt.extract.exceptions import ResourceExtractionError
 
-        try:
-            rows = run(backend)
-        except (ResourceExtractionError, ExtractionBackendError) as exc:
-            if backend != "connectorx" or mysql_error_code(exc) is not None:
-                raise
-            # connectorx could not read this table (an unsupported type): pyarrow reads it exactly.
-            logger.warning(
-                "%s: connectorx failed (%s); using pyarrow",
-                spec.table,
-                describe_error(exc),
-                extra=log_fields("EXTRACTION", "FALLBACK"),
-            )
-            backend = "pyarrow"
-            rows = run(backend)
+        whole_table = lower is None and table == spec.table
+        fresh = whole_table and into_empty and created
+        with deferred_index_load(
+            context.engines.target,
+            table,
+            mode="fresh" if fresh else "shadow" if into_empty and table != spec.table else "none",
+            label=spec.table,
+            leftover=whole_table,
+        ) as into:
+            try:
+                rows = run(backend, into)
+            except (ResourceExtractionError, ExtractionBackendError) as exc:
+                if backend != "connectorx" or mysql_error_code(exc) is not None:
+                    raise
+                # connectorx could not read this table (an unsupported type): pyarrow reads it exactly.
+                logger.warning(
+                    "%s: connectorx failed (%s); using pyarrow",
+                    spec.table,
+                    describe_error(exc),
+                    extra=log_fields("EXTRACTION", "FALLBACK"),
+                )
+                backend = "pyarrow"
+                rows = run(backend, into)
         if loader.displaced_keys:
             # Rows whose unique values the load gave to other rows: bring their current version.
             rows += self.copy_rows(spec, source_def, loader.displaced_keys)
