@@ -400,6 +400,21 @@ class TargetLoader:
         cursor.execute(f"DELETE FROM {q(stage)}")
         return stage
 
+    def upsert_in_transaction(
+        self, cursor: Any, table: str, columns: Sequence[Column], key: Sequence[str], chunk: pa.Table
+    ) -> dict[str, int]:
+        """Upsert ``chunk`` on the caller's open transaction, without committing (binlog apply:
+        rows and the stream position commit together). Needs temporary tables (a regular staging
+        table would be created by DDL, which commits). Returns values set to NULL by the policy."""
+        if self.persistent_stage:
+            raise DataError(
+                f"table {self.label or table!r}: binlog apply needs CREATE TEMPORARY TABLES on the target database"
+            )
+        plan = self._load_plan(cursor, table, columns)
+        counts = self._upsert_via_stage(cursor, table, columns, key, self._align(chunk, columns), plan)
+        self.sanitized.add(counts, plan.reasons())
+        return counts
+
     def _other_unique_keys(self, cursor: Any, table: str, key: Sequence[str]) -> list[list[tuple[str, int | None]]]:
         """The target's unique indexes other than the merge key, as (column, prefix) lists (read once per load)."""
         if table not in self._other_unique:
