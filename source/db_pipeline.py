@@ -25,7 +25,9 @@ from dlt_db_sync.pipeline_management.signals import Signals, log_stop, run_inter
 from dlt_db_sync.utils.logging_setup import log_fields
 
 if TYPE_CHECKING:
+    from dlt_db_sync.database.engines import Engines
     from dlt_db_sync.monitoring.run_state import SyncStatus
+    from dlt_db_sync.pipeline_management.binlog_strategy import BinlogStream
     from dlt_db_sync.pipeline_management.syncer import TableSyncer
     from dlt_db_sync.verification.sweep import VerificationSweep
 
@@ -111,8 +113,12 @@ def run_daemon(
     status: SyncStatus,
     signals: Signals,
     sweep: VerificationSweep | None = None,
+    binlog: BinlogStream | None = None,
 ) -> int:
-    """Cycle every INTERVAL seconds (start to start) until a stop signal; SIGHUP reloads the tables."""
+    """Cycle every INTERVAL seconds (start to start) until a stop signal; SIGHUP reloads the tables.
+
+    Binlog tables are not in ``specs``: ``binlog`` streams them in its own thread.
+    """
     from dlt_db_sync.error_handling.errors import SyncError, describe_error
 
     stop = signals.stop
@@ -121,6 +127,18 @@ def run_daemon(
         if signals.reload.is_set():
             signals.reload.clear()
             specs = reload_tables(settings, specs, status, sweep)
+            streamed = [s for s in specs if s.strategy == "binlog"]
+            if binlog is not None:
+                binlog.set_tables(streamed)
+            elif streamed:
+                logger.warning(
+                    "binlog table(s) %s: no binlog stream runs in this process; restart the daemon to start it",
+                    ", ".join(s.table for s in streamed),
+                    extra=log_fields("SYNC_ENGINE", "RELOAD"),
+                )
+            specs = tuple(s for s in specs if s.strategy != "binlog")
+            if sweep is not None:
+                sweep.set_tables(specs)  # binlog tables stay out of the sweep
         cycle += 1
         started = time.monotonic()
         try:
@@ -134,6 +152,29 @@ def run_daemon(
     log_stop(signals)
     logger.info("stopped after %d cycle(s)", cycle, extra=log_fields("SYNC_ENGINE", "SHUTDOWN"))
     return EXIT_OK
+
+
+def start_binlog(
+    engines: Engines,
+    settings: Settings,
+    specs: tuple[TableSpec, ...],
+    status: SyncStatus,
+    stop: threading.Event,
+    metrics: object,
+    start: bool,
+) -> tuple[tuple[TableSpec, ...], BinlogStream | None, bool]:
+    """(the tables the cycle syncs, the binlog stream of the others or None, False when binlog
+    tables cannot be synced); ``start`` runs the stream in its thread (the daemon); ``--once``
+    calls its ``catch_up`` instead."""
+    if not any(s.strategy == "binlog" for s in specs):
+        return specs, None, True
+    from dlt_db_sync.pipeline_management.binlog_strategy import BinlogStream, split_binlog_tables
+
+    cycle_specs, binlog_specs, problem = split_binlog_tables(engines, settings, specs, status)
+    if not binlog_specs:
+        return cycle_specs, None, problem is None
+    stream = BinlogStream(engines, settings, binlog_specs, status, stop, metrics)
+    return cycle_specs, (stream.start() if start else stream), True
 
 
 def start_logging(settings: Settings) -> None:
@@ -190,7 +231,7 @@ def configure_and_run(args: argparse.Namespace, signals: Signals) -> int:
 
 def run_mode(args: argparse.Namespace, settings: Settings, specs: tuple[TableSpec, ...], signals: Signals) -> int:
     """Create the engines and run ``--check``, ``--verify``, ``--once`` or the daemon loop."""
-    from dlt_db_sync.database.engines import Engines, check_connectivity, create_engines
+    from dlt_db_sync.database.engines import check_connectivity, create_engines
     from dlt_db_sync.error_handling.errors import SyncError, describe_error
     from dlt_db_sync.monitoring.metrics import Metrics
     from dlt_db_sync.monitoring.run_state import SyncStatus
@@ -236,16 +277,23 @@ def run_mode(args: argparse.Namespace, settings: Settings, specs: tuple[TableSpe
         from dlt_db_sync.pipeline_management.syncer import TableSyncer
 
         syncer = TableSyncer(engines, settings, status, stop, metrics, leases)
+        specs, binlog, binlog_ok = start_binlog(engines, settings, specs, status, stop, metrics, start=not args.once)
         if args.once:
             syncer.prepare()
+            binlog_ok = binlog.catch_up() if binlog is not None else binlog_ok
             ok = run_cycle(syncer, specs, status, 1)
             log_stop(signals)
-            return EXIT_OK if ok else EXIT_FAILED
+            return EXIT_OK if ok and binlog_ok else EXIT_FAILED
         services = start_services(settings, status, lambda: engines, metrics, stop, own_connections=own_connections)
         from dlt_db_sync.verification.sweep import start_sweep
 
         sweep = start_sweep(engines, settings, specs, stop, status, metrics)
-        return run_daemon(syncer, specs, settings, status, signals, sweep)
+        try:
+            return run_daemon(syncer, specs, settings, status, signals, sweep, binlog)
+        finally:
+            if binlog is not None:
+                stop.set()
+                binlog.join()  # it finishes its target transaction first
     except KeyboardInterrupt:
         logger.warning("interrupted by a second signal; stopping now", extra=log_fields("SYNC_ENGINE", "SHUTDOWN"))
         return EXIT_FAILED

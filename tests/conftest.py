@@ -74,6 +74,23 @@ def target_server(request: pytest.FixtureRequest) -> MariaDBServer:
     return request.getfixturevalue("server_factory").start("target", ["--default-time-zone=-05:00"])
 
 
+# A source that writes the row-based binlog binlog change capture reads (issue 16).
+BINLOG_SOURCE_ARGS = [
+    "--default-time-zone=+07:00",
+    "--log-bin=binlog",
+    "--binlog-format=ROW",
+    "--binlog-row-image=FULL",
+    "--binlog-row-metadata=FULL",
+    "--server-id=1",
+]
+
+
+@pytest.fixture(scope="session")
+def binlog_source_server(request: pytest.FixtureRequest) -> MariaDBServer:
+    """A shared binlog-enabled source (UTC+7); tests that purge or restart it start their own."""
+    return request.getfixturevalue("server_factory").start("binlog-source", BINLOG_SOURCE_ARGS)
+
+
 @dataclass
 class SyncEnv:
     """A fresh source and target database pair plus the environment to sync them."""
@@ -143,6 +160,18 @@ def sync_env(source_server: MariaDBServer, target_server: MariaDBServer, tmp_pat
         except Exception:  # noqa: BLE001 - a test may have stopped its server on purpose
             if server.process is not None:
                 raise
+
+
+@pytest.fixture
+def binlog_env(binlog_source_server: MariaDBServer, target_server: MariaDBServer, tmp_path: Path) -> Iterator[SyncEnv]:
+    """Like ``sync_env``, with the binlog-enabled source."""
+    suffix = uuid.uuid4().hex[:8]
+    env = SyncEnv(binlog_source_server, target_server, f"src_{suffix}", f"tgt_{suffix}", tmp_path)
+    binlog_source_server.execute(f"CREATE DATABASE `{env.source_db}` CHARACTER SET utf8mb4")
+    target_server.execute(f"CREATE DATABASE `{env.target_db}` CHARACTER SET utf8mb4")
+    yield env
+    for server, db in ((binlog_source_server, env.source_db), (target_server, env.target_db)):
+        server.execute(f"DROP DATABASE IF EXISTS `{db}`")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -21,6 +21,8 @@ VERSION = "0.1.0"
 PipelineMode = Literal["direct", "file_staging"]
 SanitizePolicy = Literal["error", "null"]  # what to do with values the target cannot store
 ExtractBackend = Literal["auto", "connectorx", "pyarrow"]
+BinlogFallback = Literal["none", "incremental"]
+BinlogResnapshot = Literal["manual", "auto"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,12 @@ class Settings:
     max_delete_ratio: float = 0.5
     max_clock_skew_seconds: float = 300.0
     verify_rows_per_second: float = 5000.0
+    # Binlog change capture (tables with "sync_strategy": "binlog").
+    binlog_fallback: BinlogFallback = "none"  # "incremental": sync by cursor when the source lacks the prerequisites
+    binlog_resnapshot: BinlogResnapshot = "manual"  # "auto": re-snapshot when the stored position was purged
+    binlog_server_id: int = 1_234_567  # the reader's replica server_id; unique among the source's replicas
+    binlog_batch_seconds: float = 0.1  # longest wait before committed source transactions are applied
+    binlog_batch_rows: int = 10_000  # rows per target write (and the in-memory bound of one transaction)
 
 
 # Environment variable -> (Settings field, parser). Shared by load_settings, the docs test
@@ -159,6 +167,13 @@ def _fetch_limit(text: str) -> int:
     return value
 
 
+def _server_id(text: str) -> int:
+    value = int(text.strip())
+    if not 1 <= value <= 4294967295:
+        raise ValueError(f"must be between 1 and 4294967295 (a replica server_id), got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text.strip())
     if not 0 <= value <= 65535:
@@ -214,6 +229,11 @@ SETTING_VARIABLES: dict[str, tuple[str, Any]] = {
     "MAX_DELETE_RATIO": ("max_delete_ratio", _ratio),
     "MAX_CLOCK_SKEW_SECONDS": ("max_clock_skew_seconds", _non_negative_float),
     "VERIFY_ROWS_PER_SECOND": ("verify_rows_per_second", _non_negative_float),
+    "BINLOG_FALLBACK": ("binlog_fallback", _choice("none", "incremental")),
+    "BINLOG_RESNAPSHOT": ("binlog_resnapshot", _choice("manual", "auto")),
+    "BINLOG_SERVER_ID": ("binlog_server_id", _server_id),
+    "BINLOG_BATCH_SECONDS": ("binlog_batch_seconds", _non_negative_float),
+    "BINLOG_BATCH_ROWS": ("binlog_batch_rows", _positive_int),
 }
 
 
@@ -257,6 +277,7 @@ OWN_PREFIXES = (
     "TABLES_",
     "CHUNK_",
     "BATCH_",
+    "BINLOG_",
 )
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 IDENTIFIER_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 
-SyncStrategy = Literal["incremental", "full_refresh", "auto"]
+SyncStrategy = Literal["incremental", "full_refresh", "binlog", "auto"]
 DeletePolicy = Literal["ignore", "reconcile"]
 
 
@@ -45,7 +45,7 @@ TABLES_SCHEMA: dict[str, Any] = {
                 ]
             },
             "modifier": {"type": "string", "pattern": IDENTIFIER_PATTERN},
-            "sync_strategy": {"type": "string", "enum": ["incremental", "full_refresh", "auto"]},
+            "sync_strategy": {"type": "string", "enum": ["incremental", "full_refresh", "binlog", "auto"]},
             "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000000},
             "mode": {"type": "string", "enum": ["direct", "file_staging"]},
             "sanitize": {"type": "string", "enum": ["error", "null"]},
@@ -81,11 +81,20 @@ class TableSpec:
     verify_every_minutes: float | None = None  # None: the sweep's default, one full pass a day
 
     @property
-    def strategy(self) -> Literal["incremental", "full_refresh"]:
+    def strategy(self) -> Literal["incremental", "full_refresh", "binlog"]:
         """The effective strategy: ``auto`` is incremental exactly when a modifier is set."""
         if self.sync_strategy == "auto":
             return "incremental" if self.modifier else "full_refresh"
         return self.sync_strategy
+
+    @property
+    def cursor_strategy(self) -> Literal["incremental", "full_refresh"]:
+        """The strategy of the cycle path: a binlog table synced by cursor (``BINLOG_FALLBACK``)
+        is incremental with a modifier and a full refresh without one."""
+        strategy = self.strategy
+        if strategy == "binlog":
+            return "incremental" if self.modifier else "full_refresh"
+        return strategy
 
 
 def _entry_label(path: Path, index: int, entry: Any) -> str:
@@ -142,6 +151,11 @@ def parse_tables(data: Any, path: Path) -> tuple[TableSpec, ...]:
         key = entry["primary_key"]
         primary_key = (key,) if isinstance(key, str) else tuple(key)
         strategy = entry.get("sync_strategy", "auto")
+        if strategy == "binlog" and entry.get("deletes") is not None:
+            raise ConfigError(
+                f"{_entry_label(path, index, entry)}: key 'deletes' does not apply to sync_strategy 'binlog' "
+                "(every source delete is applied from the binlog)"
+            )
         if strategy == "incremental" and not entry.get("modifier"):
             raise ConfigError(
                 f"{_entry_label(path, index, entry)}: key 'modifier' is required when sync_strategy is 'incremental'"

@@ -340,12 +340,13 @@ class TargetLoader:
         chunk: pa.Table,
         plan: LoadPlan,
         into_empty: bool = False,
+        may_commit: bool = True,
     ) -> dict[str, int]:
         """Stage ``chunk`` as raw bytes, then upsert it with the plan's value expressions.
 
         Returns the number of values per column the sanitization policy set to NULL.
         """
-        stage = self._create_stage(cursor, table, len(columns))
+        stage = self._create_stage(cursor, table, len(columns), may_commit)
         stage_columns = self.dialect.stage_columns(len(columns))
         if self.path == "load_data":
             self._load_data(cursor, stage, stage_columns, "", encode_tsv_buffer(chunk))
@@ -371,13 +372,14 @@ class TargetLoader:
         cursor.execute(f"DELETE FROM {q(stage)}" if self.persistent_stage else f"DROP TEMPORARY TABLE {q(stage)}")
         return counts
 
-    def _create_stage(self, cursor: Any, table: str, width: int) -> str:
+    def _create_stage(self, cursor: Any, table: str, width: int, may_commit: bool = True) -> str:
         """An empty stage table of ``width`` columns for one chunk; its name.
 
         A temporary table unless the target refuses them (the writer grants of TRD 7.1.1 lack
         CREATE TEMPORARY TABLES): then a regular table per loaded table, created once and emptied
         per chunk. Loaders built without the start-up probe's answer (re-copies, repair) find out
-        here and switch for the rest of their life.
+        here and switch for the rest of their life. Not when ``may_commit`` is false (the caller's
+        transaction is open: creating a regular table would commit it); the refusal is raised.
         """
         if not self.persistent_stage:
             stage = "_dlt_sync_stage"
@@ -386,7 +388,7 @@ class TargetLoader:
                 cursor.execute(self.dialect.stage_table_sql(stage, width, temporary=True))
                 return stage
             except pymysql.err.MySQLError as exc:
-                if mysql_error_code(exc) not in TEMPORARY_TABLE_REFUSED:
+                if not may_commit or mysql_error_code(exc) not in TEMPORARY_TABLE_REFUSED:
                     raise
                 self.persistent_stage = True
         stage = self.stage_name(table)
@@ -399,6 +401,23 @@ class TargetLoader:
                 self._stages_created.add(stage)
         cursor.execute(f"DELETE FROM {q(stage)}")
         return stage
+
+    def upsert_in_transaction(
+        self, cursor: Any, table: str, columns: Sequence[Column], key: Sequence[str], chunk: pa.Table
+    ) -> dict[str, int]:
+        """Upsert ``chunk`` on the caller's open transaction, without committing (binlog apply:
+        rows and the stream position commit together). Needs temporary tables (a regular staging
+        table would be created by DDL, which commits). Returns values set to NULL by the policy."""
+        if self.persistent_stage:
+            raise DataError(
+                f"table {self.label or table!r}: binlog apply needs CREATE TEMPORARY TABLES on the target database"
+            )
+        plan = self._load_plan(cursor, table, columns)
+        counts = self._upsert_via_stage(
+            cursor, table, columns, key, self._align(chunk, columns), plan, may_commit=False
+        )
+        self.sanitized.add(counts, plan.reasons())
+        return counts
 
     def _other_unique_keys(self, cursor: Any, table: str, key: Sequence[str]) -> list[list[tuple[str, int | None]]]:
         """The target's unique indexes other than the merge key, as (column, prefix) lists (read once per load)."""

@@ -196,6 +196,36 @@ class Dialect:
         """The column list of a staging table's data columns, for loads into it."""
         return ", ".join(f"c{i}" for i in range(columns))
 
+    # ------------------------------------------------------------ binlog change capture
+    def binlog_status_sql(self) -> str:
+        """The statement reporting the current binlog file and position (``SHOW MASTER STATUS``
+        was removed in MySQL 8.4; MariaDB keeps it as an alias of ``SHOW BINLOG STATUS``)."""
+        if self.mysql_at_least(8, 2):
+            return "SHOW BINARY LOG STATUS"
+        return "SHOW MASTER STATUS"
+
+    def binlog_grant_sets(self) -> list[tuple[str, ...]]:
+        """Alternative privilege sets a binlog reader needs; any one of them suffices.
+
+        Reading the stream takes ``REPLICATION SLAVE``; asking for the position and the list of
+        binlogs takes ``REPLICATION CLIENT`` (MySQL, MariaDB < 10.5) or ``BINLOG MONITOR``
+        (MariaDB 10.5+, where ``REPLICATION CLIENT`` became its alias).
+        """
+        if self.mariadb_at_least(10, 5):
+            return [("REPLICATION SLAVE", "BINLOG MONITOR"), ("REPLICATION SLAVE", "REPLICATION CLIENT")]
+        return [("REPLICATION SLAVE", "REPLICATION CLIENT")]
+
+    @property
+    def has_binlog_row_metadata(self) -> bool:
+        """Whether the server has ``binlog_row_metadata`` (MySQL 8.0.1+, MariaDB 10.5+): with
+        ``FULL`` each row event names its columns, so events written before an ALTER decode by name."""
+        return self.mysql_at_least(8, 0, 1) or self.mariadb_at_least(10, 5)
+
+    @property
+    def binlog_retention_variables(self) -> tuple[str, ...]:
+        """Variables holding how long binlogs are kept (seconds first where the server has them)."""
+        return ("binlog_expire_logs_seconds", "expire_logs_days")
+
 
 def double_expression(expr: str) -> str:
     """``expr`` as a DOUBLE on every flavor and version.

@@ -74,3 +74,21 @@ def mark_done(target: Connection, table: str, rows: int, watermark: str | None) 
         {"pending": "0", "pending_from": "NULL", "last_success": None, "last_rows": None, "last_watermark": None},
     )
     target.exec_driver_sql(sql, (table, rows, watermark))
+
+
+# Binlog change capture keeps the stream's position in a row of its own (not a table name: '@'
+# never matches the identifier pattern of tables.json); each binlog table's row holds the
+# position its snapshot started at, or pending while a snapshot runs.
+BINLOG_STREAM_ROW = "@binlog"
+BINLOG_SNAPSHOT_PENDING = "binlog snapshot"
+
+
+def write_position_sql(dialect: Dialect) -> str:
+    """The upsert recording ``(row name, rows, position)`` as done; for a DBAPI cursor, so it runs
+    in the same target transaction as the rows it describes."""
+    return dialect.upsert_values(
+        STATE_TABLE,
+        ["table_name", "pending", "pending_from", "last_success", "last_rows", "last_watermark"],
+        "(%s, 0, NULL, UTC_TIMESTAMP(6), %s, %s)",
+        {"pending": "0", "pending_from": "NULL", "last_success": None, "last_rows": None, "last_watermark": None},
+    )

@@ -48,7 +48,10 @@ TERMINAL_ERROR_CODES: dict[int, str] = {
     1264: "value out of range for column",
     1366: "incorrect value for column",
     3750: "table without a primary key refused by the target's sql_require_primary_key (MySQL 8.0.13+)",
+    1236: "the source cannot send the requested binlog position (purged or never written)",
 }
+# Error 1236 (ER_MASTER_FATAL_ERROR_READING_BINLOG): the binlog file or position asked for is gone.
+BINLOG_POSITION_GONE = 1236
 
 
 class SyncError(Exception):
@@ -81,6 +84,14 @@ class ExtractionBackendError(TerminalError):
 
 class StagingError(TerminalError):
     """The file-staging directory cannot be used (not writable, disk full)."""
+
+
+class BinlogPrerequisiteError(TerminalError):
+    """The source cannot serve binlog change capture (settings or grants); the message lists what is missing."""
+
+
+class BinlogPositionLost(TerminalError):
+    """The stored binlog position is no longer on the source (purged); the table needs a new snapshot."""
 
 
 class ShutdownRequested(SyncError):

@@ -85,6 +85,17 @@ def _table_report(table: TableStatus, now: datetime) -> dict[str, Any]:
             "rows_repaired_total": table.sweep.get("rows_repaired_total", 0),
             "refused": table.sweep.get("refused"),
         },
+        **({"binlog": _binlog_report(table.binlog)} if table.strategy == "binlog" else {}),
+    }
+
+
+def _binlog_report(binlog: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "position": binlog.get("position"),
+        "event_lag_seconds": binlog.get("event_lag_seconds"),
+        "events_applied_total": binlog.get("events_applied_total", 0),
+        "rows_applied_total": binlog.get("rows_applied_total", 0),
+        "position_lost": binlog.get("position_lost"),
     }
 
 
@@ -118,6 +129,11 @@ def health_report(
         }
         if state == "disconnected":
             reasons.append(f"{role} database unreachable: {snapshot['database_errors'].get(role) or 'no details'}")
+    reasons.extend(
+        f"table {name}: binlog position lost: {table.binlog['position_lost']}"
+        for name, table in sorted(snapshot["tables"].items())
+        if table.owned and table.binlog.get("position_lost")
+    )
     unhealthy = bool(reasons)
     tables: dict[str, Any] = {}
     for name, table in sorted(snapshot["tables"].items()):

@@ -196,6 +196,30 @@ class Metrics:
             ["table"],
             registry=registry,
         )
+        self.binlog_events = Counter(
+            "binlog_events_applied_total", "Binlog row events applied to the target", ["table"], registry=registry
+        )
+        self.binlog_rows = Counter(
+            "binlog_rows_applied_total", "Rows written or deleted from binlog events", ["table"], registry=registry
+        )
+        self.binlog_lag = Gauge(
+            "binlog_event_lag_seconds",
+            "Now minus the source time of the last applied binlog event (0 when caught up)",
+            ["table"],
+            registry=registry,
+        )
+        self.binlog_lost = Gauge(
+            "binlog_position_lost",
+            "1 while the stored binlog position is purged from the source and no new snapshot was taken",
+            ["table"],
+            registry=registry,
+        )
+        self.binlog_batch = Histogram(
+            "binlog_apply_seconds",
+            "Seconds of one binlog target transaction (rows and position)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0),
+            registry=registry,
+        )
         registry.register(_ScrapeTimeCollector(self))
         self._lock = threading.Lock()
         self._attempts: dict[str, list[int]] = {}  # table -> [successes, attempts]
@@ -264,6 +288,26 @@ class Metrics:
         """The verification sweep finished a full pass over ``table``."""
         self.sweep_last_pass.labels(table).set(time.time())
         self.sweep_progress.labels(table).set(0.0)
+
+    def binlog_applied(self, table: str, events: int, rows: int, lag: float) -> None:
+        """A binlog target transaction applied ``events`` row events / ``rows`` rows of ``table``."""
+        self.binlog_events.labels(table).inc(max(events, 0))
+        self.binlog_rows.labels(table).inc(max(rows, 0))
+        self.records.labels(table).inc(max(rows, 0))
+        self.binlog_lag.labels(table).set(max(lag, 0.0))
+        self.binlog_lost.labels(table).set(0)
+
+    def binlog_caught_up(self, table: str) -> None:
+        """The stream has applied everything the source has written: no lag for ``table``."""
+        self.binlog_lag.labels(table).set(0.0)
+
+    def binlog_position_lost(self, table: str, lost: bool = True) -> None:
+        """The stored binlog position of ``table`` is gone from the source (1) or was replaced (0)."""
+        self.binlog_lost.labels(table).set(1 if lost else 0)
+
+    def observe_binlog_batch(self, seconds: float) -> None:
+        """One binlog target transaction took ``seconds``."""
+        self.binlog_batch.observe(max(seconds, 0.0))
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

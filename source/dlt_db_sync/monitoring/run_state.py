@@ -48,6 +48,7 @@ class TableStatus:
     last_delete_refusal: str | None = None
     future_modifier_rows: int = 0  # rows whose modifier is beyond the source clock (last cycle)
     sweep: dict[str, Any] = field(default_factory=dict)  # continuous verification, see SyncStatus.sweep_*
+    binlog: dict[str, Any] = field(default_factory=dict)  # binlog change capture, see SyncStatus.binlog_*
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,54 @@ class SyncStatus:
             if not refused:
                 sweep.pop("refused", None)
 
+    def binlog_applied(
+        self, table: str, position: str, event_lag: float, events: int, rows: int, source_time: datetime | None
+    ) -> None:
+        """A target transaction of the binlog stream committed ``events`` row events (``rows`` rows) of
+        ``table``; the target now holds every change up to ``position`` (written at ``source_time``)."""
+        now = datetime.now(UTC)
+        with self._lock:
+            status = self.tables.setdefault(table, TableStatus(table=table))
+            status.last_success = now
+            status.last_attempt = now
+            status.current_as_of = source_time or now
+            status.watermark = position
+            status.consecutive_failures = 0
+            status.last_error = None
+            status.last_error_category = None
+            binlog = status.binlog
+            binlog["position"] = position
+            binlog["event_lag_seconds"] = round(max(event_lag, 0.0), 3)
+            binlog["events_applied_total"] = binlog.get("events_applied_total", 0) + events
+            binlog["rows_applied_total"] = binlog.get("rows_applied_total", 0) + rows
+            binlog.pop("position_lost", None)
+            if rows:
+                self.last_successful_sync = now
+
+    def binlog_caught_up(self, tables: Any, position: str) -> None:
+        """The stream has applied everything the source has written (``position``): no lag."""
+        now = datetime.now(UTC)
+        with self._lock:
+            for table in tables:
+                status = self.tables.setdefault(table, TableStatus(table=table))
+                if status.consecutive_failures or status.binlog.get("position_lost"):
+                    continue
+                status.current_as_of = now
+                status.last_success = now
+                status.binlog["event_lag_seconds"] = 0.0
+                status.binlog["position"] = position
+
+    def binlog_position_lost(self, table: str, message: str) -> None:
+        """The stored binlog position of ``table`` was purged from the source (health: unhealthy)."""
+        with self._lock:
+            status = self.tables.setdefault(table, TableStatus(table=table))
+            status.binlog["position_lost"] = message
+            status.consecutive_failures += 1
+            status.last_error = message
+            status.last_error_category = "other_errors"
+            self.sync_errors += 1
+            self.error_summary["other_errors"] = self.error_summary.get("other_errors", 0) + 1
+
     def set_table_owned(self, table: str, owned: bool) -> None:
         """Whether this instance holds the lease of ``table`` (tables owned elsewhere never degrade health)."""
         with self._lock:
@@ -258,7 +307,8 @@ class SyncStatus:
             return {
                 "uptime_seconds": now - self.started_monotonic,
                 "tables": {
-                    name: TableStatus(**{**vars(st), "sweep": dict(st.sweep)}) for name, st in self.tables.items()
+                    name: TableStatus(**{**vars(st), "sweep": dict(st.sweep), "binlog": dict(st.binlog)})
+                    for name, st in self.tables.items()
                 },
                 "database_status": dict(self.database_status),
                 "database_errors": dict(self.database_errors),

@@ -37,7 +37,12 @@ def table_plan(engines: Engines, settings: Settings, spec: TableSpec) -> dict[st
         check_merge_key(source, spec.table, spec.primary_key)
         plan["backend"] = choose_backend(settings, source_def, spec.modifier)
         plan["target_exists"] = table_exists(target, spec.table)
-        if spec.modifier:
+        if spec.strategy == "binlog":
+            from dlt_db_sync.database.sync_state import read_state
+
+            state = read_state(target, spec.table) if table_exists(target, "_dlt_sync_state") else None
+            plan["watermark"] = state.last_watermark if state is not None and not state.pending else None
+        elif spec.modifier:
             col = source_def.column(spec.modifier)
             if col is None:
                 raise SchemaError(
@@ -53,6 +58,25 @@ def table_plan(engines: Engines, settings: Settings, spec: TableSpec) -> dict[st
                     settings.lookback_versions,
                 )[1]
     return plan
+
+
+def check_binlog(engines: Engines, settings: Settings) -> int:
+    """Print what binlog capture needs and the source lacks; 1 when a binlog table cannot be synced."""
+    from dlt_db_sync.database.binlog_reader import check_binlog_source
+
+    with engines.source.connect() as conn:
+        check = check_binlog_source(conn, settings)
+    for warning in check.warnings:
+        print(f"binlog: WARNING: {warning}")
+    if not check.problems:
+        print(f"binlog: OK (server_id {settings.binlog_server_id} for the reader)")
+        return 0
+    for problem in check.problems:
+        print(f"binlog: ERROR: {problem}")
+    if settings.binlog_fallback == "incremental":
+        print("binlog: BINLOG_FALLBACK=incremental: the binlog tables are synced by cursor instead")
+        return 0
+    return 1
 
 
 def run_check(
@@ -72,6 +96,8 @@ def run_check(
             code = 1
             continue
         print(f"{role} server: {info.describe()}")
+    if any(spec.strategy == "binlog" for spec in specs):
+        code = max(code, check_binlog(engines, settings))
     print(f"{'table':<32} {'strategy':<13} {'mode':<13} {'backend':<11} {'key':<28} {'modifier':<16} watermark")
     for spec in specs:
         if stop is not None and stop.is_set():
