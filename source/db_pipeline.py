@@ -27,7 +27,7 @@ from dlt_db_sync.utils.logging_setup import log_fields
 if TYPE_CHECKING:
     from dlt_db_sync.database.engines import Engines
     from dlt_db_sync.monitoring.run_state import SyncStatus
-    from dlt_db_sync.pipeline_management.binlog_strategy import BinlogStream
+    from dlt_db_sync.pipeline_management.binlog.stream import BinlogStrategy
     from dlt_db_sync.pipeline_management.syncer import TableSyncer
     from dlt_db_sync.verification.sweep import VerificationSweep
 
@@ -113,7 +113,7 @@ def run_daemon(
     status: SyncStatus,
     signals: Signals,
     sweep: VerificationSweep | None = None,
-    binlog: BinlogStream | None = None,
+    binlog: BinlogStrategy | None = None,
 ) -> int:
     """Cycle every INTERVAL seconds (start to start) until a stop signal; SIGHUP reloads the tables.
 
@@ -162,18 +162,19 @@ def start_binlog(
     stop: threading.Event,
     metrics: object,
     start: bool,
-) -> tuple[tuple[TableSpec, ...], BinlogStream | None, bool]:
+) -> tuple[tuple[TableSpec, ...], BinlogStrategy | None, bool]:
     """(the tables the cycle syncs, the binlog stream of the others or None, False when binlog
     tables cannot be synced); ``start`` runs the stream in its thread (the daemon); ``--once``
     calls its ``catch_up`` instead."""
     if not any(s.strategy == "binlog" for s in specs):
         return specs, None, True
-    from dlt_db_sync.pipeline_management.binlog_strategy import BinlogStream, split_binlog_tables
+    from dlt_db_sync.pipeline_management.binlog.stream import BinlogStrategy
+    from dlt_db_sync.pipeline_management.binlog.tables import split_binlog_tables
 
     cycle_specs, binlog_specs, problem = split_binlog_tables(engines, settings, specs, status)
     if not binlog_specs:
         return cycle_specs, None, problem is None
-    stream = BinlogStream(engines, settings, binlog_specs, status, stop, metrics)
+    stream = BinlogStrategy(engines, settings, binlog_specs, status, stop, metrics)
     return cycle_specs, (stream.start() if start else stream), True
 
 

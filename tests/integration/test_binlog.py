@@ -1,7 +1,7 @@
 """Binlog change capture (issue 16) on throwaway MariaDB servers writing a row-based binlog.
 
 Each test snapshots an empty (or partly filled) source table, changes the source, lets the stream
-catch up (``BinlogStream.catch_up``, as ``--once`` does) and compares the tables exactly.
+catch up (``BinlogStrategy.catch_up``, as ``--once`` does) and compares the tables exactly.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from dlt_db_sync.config import tables as table_config
 from dlt_db_sync.database.engines import create_engines
 from dlt_db_sync.monitoring.health import health_report
 from dlt_db_sync.monitoring.run_state import SyncStatus
-from dlt_db_sync.pipeline_management.binlog_strategy import BinlogStream, parse_ddl, split_binlog_tables
+from dlt_db_sync.pipeline_management.binlog.ddl import parse_ddl
+from dlt_db_sync.pipeline_management.binlog.stream import BinlogStrategy
+from dlt_db_sync.pipeline_management.binlog.tables import split_binlog_tables
 from mariadb_server import MariaDBServer
 from table_checks import assert_identical
 
@@ -48,7 +50,7 @@ TABLES = [{"table": "orders", "primary_key": "id", "sync_strategy": "binlog"}]
 
 
 @contextmanager
-def stream(env: SyncEnv, tables: list[dict[str, Any]], **overrides: Any) -> Iterator[tuple[BinlogStream, SyncStatus]]:
+def stream(env: SyncEnv, tables: list[dict[str, Any]], **overrides: Any) -> Iterator[tuple[BinlogStrategy, SyncStatus]]:
     """A binlog stream over ``tables`` (engines disposed afterwards)."""
     settings = config.load_settings(env.environ(**overrides), dotenv_path=None)
     specs = table_config.parse_tables(list(tables), env.write_tables(list(tables)))
@@ -58,7 +60,7 @@ def stream(env: SyncEnv, tables: list[dict[str, Any]], **overrides: Any) -> Iter
     try:
         _cycle, binlog_specs, problem = split_binlog_tables(engines, settings, specs, status)
         assert problem is None, problem
-        yield BinlogStream(engines, settings, binlog_specs, status, threading.Event()), status
+        yield BinlogStrategy(engines, settings, binlog_specs, status, threading.Event()), status
     finally:
         engines.dispose()
 

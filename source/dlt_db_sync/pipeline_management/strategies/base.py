@@ -16,19 +16,23 @@ The strategies today:
 The first two derive from :class:`CopyStrategy`, which opens one connection pair, checks the
 schema on both sides (creating or evolving the target table) and then calls ``run``.
 
-Adding a strategy (binlog later): subclass :class:`SyncStrategy` (or :class:`CopyStrategy` when
-it needs the schema check), give it a ``name``, add it to ``syncer.default_strategies`` and let
+Adding a strategy: subclass :class:`SyncStrategy` (or :class:`CopyStrategy` when it needs the
+schema check), give it a ``name``, add it to ``syncer.default_strategies`` and let
 ``TableSpec.strategy`` resolve to that name for the tables that choose it (``sync_strategy`` in
 tables.json); ``TableSyncer.strategy_for`` then hands those tables to it.
 
-A long-running, streaming strategy fits the same call: ``sync`` applies what arrived since the
-position it remembers (on the instance, and in the target's ``_dlt_sync_state`` so a restart
-resumes) for at most about one cycle, then returns the rows applied. The cycle so keeps its
-leases, reports, schema checks and shutdown handling for it. ``sync`` must return (or raise
-:class:`~dlt_db_sync.error_handling.errors.ShutdownRequested`) soon after
-``context.stop_event`` is set and wait only with ``stop_event.wait``. A reader that must outlive
-one call (a binlog connection) belongs on the instance, opened lazily in ``sync`` and closed by
-``forget`` when the table fails.
+The binlog is the one streaming strategy, and it does not take this call: sub-second lag cannot
+wait for the next cycle, so :class:`~dlt_db_sync.pipeline_management.binlog.stream.BinlogStrategy`
+runs in a thread of its own beside the cycle (``start``/``join`` in the daemon, ``catch_up`` for
+``--once``), and the cycle never sees its tables (``binlog.tables.split_binlog_tables`` takes them
+out, or hands them back to the cursor strategies with ``BINLOG_FALLBACK=incremental``). It keeps
+the rest of this contract: one instance per process and source, nothing global; its position lives
+in the target's ``_dlt_sync_state`` so a restart resumes; it waits only with
+``stop_event.wait`` and commits or rolls back its open target transaction soon after ``stop_event``
+is set; and
+it reuses the cycle's pieces rather than its own copies: a table's snapshot is this package's
+full-refresh strategy, run through a ``TableSyncer``; the cycle's leases have a stream-wide
+counterpart (``binlog.lease``); reports go to the same ``SyncStatus`` and metrics.
 """
 
 from __future__ import annotations
