@@ -263,3 +263,16 @@ def test_memory_is_reported_in_mb_of_a_million_bytes() -> None:
     # MiB would read 4.9 % lower; two RSS readings a moment apart differ far less than that.
     reported = ProcessSampler().memory_mb()
     assert reported == pytest.approx(psutil.Process().memory_info().rss / 1e6, rel=0.01)
+
+
+def test_a_dead_connection_reported_by_the_pool_is_one_warning_line_without_traceback(restore_logging: None) -> None:
+    stream = io.StringIO()
+    setup_logging(make_settings(), stream=stream)
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        logging.getLogger("sqlalchemy.pool.impl.QueuePool").error("Exception during reset or similar", exc_info=True)
+    output = stream.getvalue()
+    assert "Traceback" not in output
+    assert " - WARNING - " in output and "Exception during reset or similar (ConnectionResetError:" in output
+    assert "the connection is discarded" in output

@@ -100,6 +100,24 @@ class SecretMaskingFilter(logging.Filter):
         return True
 
 
+class PoolNoiseFilter(logging.Filter):
+    """SQLAlchemy's pool logs an ERROR with a traceback when a connection it returns, closes or
+    resets is already dead (the server was killed or restarted). The daemon meets the same lost
+    connection in its own statement and recovers from it, so this becomes one WARNING line naming
+    the exception, without a traceback that reads like a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Shorten the pool's own reports of a dead connection; pass every record on."""
+        if record.name.startswith("sqlalchemy.pool") and record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.args = (record.getMessage(), type(exc).__name__, exc)
+            record.msg = "%s (%s: %s); the connection is discarded"
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """``timestamp - LEVEL - COMPONENT - OPERATION - message`` (TRD 5.4.1).
 
@@ -185,6 +203,7 @@ def setup_logging(settings: Settings, stream: TextIO | None = None) -> None:
     for handler in handlers:
         handler._dlt_sync_handler = True  # type: ignore[attr-defined]
         handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+        handler.addFilter(PoolNoiseFilter())
         handler.addFilter(SecretMaskingFilter())
         root.addHandler(handler)
     level = logging.getLevelName(settings.log_level.upper())
