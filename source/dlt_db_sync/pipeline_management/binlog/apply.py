@@ -13,26 +13,23 @@ memory stays bounded by the batch size.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
-from dlt_db_sync.config.settings import Settings
 from dlt_db_sync.data_processing.binlog_rows import TableLayout, build_layout, decode_rows
 from dlt_db_sync.data_processing.codec import comparable_expression
 from dlt_db_sync.data_processing.loader import TargetLoader
 from dlt_db_sync.database.binlog_reader import BinlogPosition, CommitRecord, RowsRecord
 from dlt_db_sync.database.dialect import Dialect
-from dlt_db_sync.database.engines import Engines
 from dlt_db_sync.database.engines import quote_identifier as q
 from dlt_db_sync.database.sync_state import BINLOG_STREAM_ROW, write_position_sql
 from dlt_db_sync.error_handling.errors import DataError, SchemaError, TerminalError, describe_error
-from dlt_db_sync.monitoring.run_state import SyncStatus
+from dlt_db_sync.pipeline_management.binlog.shared import StreamShared
 from dlt_db_sync.pipeline_management.binlog.tables import BinlogTables
 from dlt_db_sync.schema_management.model import Column
 from dlt_db_sync.utils.logging_setup import log_fields
@@ -73,21 +70,16 @@ class BatchApplier:
 
     def __init__(
         self,
-        engines: Engines,
-        settings: Settings,
-        stop_event: threading.Event,
+        shared: StreamShared,
         tables: BinlogTables,
-        status: SyncStatus,
-        metrics: Any,
-        syncer: Callable[[], Any],
     ) -> None:
-        self.engines = engines
-        self.settings = settings
-        self.stop_event = stop_event
+        self.engines = shared.engines
+        self.settings = shared.settings
+        self.stop_event = shared.stop_event
         self.tables = tables
-        self.status = status
-        self.metrics = metrics
-        self._syncer = syncer  # the stream's TableSyncer (its load path and target capabilities)
+        self.status = shared.status
+        self.metrics = shared.metrics
+        self._syncer = shared.syncer  # the stream's TableSyncer (its load path and target capabilities)
         self.position: BinlogPosition | None = None
         self.in_transaction = False  # rows of a source transaction whose commit was not seen yet
         self._layouts: dict[int, tuple[Any, TableLayout]] = {}

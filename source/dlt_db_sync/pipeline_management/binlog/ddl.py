@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
-from dlt_db_sync.config.settings import Settings
 from dlt_db_sync.database.binlog_reader import DdlRecord
-from dlt_db_sync.database.engines import Engines
 from dlt_db_sync.database.engines import quote_identifier as q
-from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.binlog.apply import BatchApplier
+from dlt_db_sync.pipeline_management.binlog.shared import StreamShared
 from dlt_db_sync.pipeline_management.binlog.snapshot import Snapshots
 from dlt_db_sync.pipeline_management.binlog.tables import BinlogTables
 from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused, check_deletes
@@ -85,21 +82,18 @@ class DdlHandler:
 
     def __init__(
         self,
-        engines: Engines,
-        settings: Settings,
+        shared: StreamShared,
         tables: BinlogTables,
         applier: BatchApplier,
         snapshots: Snapshots,
-        status: SyncStatus,
-        metrics: Any,
     ) -> None:
-        self.engines = engines
-        self.settings = settings
+        self.engines = shared.engines
+        self.settings = shared.settings
         self.tables = tables
         self.applier = applier
         self.snapshots = snapshots
-        self.status = status
-        self.metrics = metrics
+        self.status = shared.status
+        self.metrics = shared.metrics
 
     def handle(self, record: DdlRecord) -> None:
         """Act on ``record`` (the open batch is committed); the position moves past it when it touched a table."""

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from dlt_db_sync.config.settings import Settings
 from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.data_processing.binlog_rows import build_layout, decode_rows
 from dlt_db_sync.database.binlog_reader import BinlogPosition, RowsRecord, current_position, position_available
-from dlt_db_sync.database.engines import Engines
 from dlt_db_sync.database.sync_state import (
     BINLOG_SNAPSHOT_PENDING,
     BINLOG_STREAM_ROW,
@@ -44,8 +40,8 @@ from dlt_db_sync.error_handling.errors import (
     describe_error,
     is_transient,
 )
-from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.binlog.apply import BatchApplier, Key, TableApplyFailed, key_bytes
+from dlt_db_sync.pipeline_management.binlog.shared import StreamShared
 from dlt_db_sync.pipeline_management.binlog.tables import BinlogTables
 from dlt_db_sync.pipeline_management.change_detection import keys_in
 from dlt_db_sync.schema_management.tables import describe_table, table_exists
@@ -70,23 +66,18 @@ class Snapshots:
 
     def __init__(
         self,
-        engines: Engines,
-        settings: Settings,
-        stop_event: threading.Event,
+        shared: StreamShared,
         tables: BinlogTables,
         applier: BatchApplier,
-        status: SyncStatus,
-        metrics: Any,
-        syncer: Callable[[], Any],
     ) -> None:
-        self.engines = engines
-        self.settings = settings
-        self.stop_event = stop_event
+        self.engines = shared.engines
+        self.settings = shared.settings
+        self.stop_event = shared.stop_event
         self.tables = tables
         self.applier = applier
-        self.status = status
-        self.metrics = metrics
-        self._syncer = syncer  # the stream's TableSyncer, which runs the full-refresh loads
+        self.status = shared.status
+        self.metrics = shared.metrics
+        self._syncer = shared.syncer  # the stream's TableSyncer, which runs the full-refresh loads
         self.jobs: dict[str, _SnapshotJob] = {}  # tables added while streaming, being snapshotted
 
     def prepare(self, background: bool) -> BinlogPosition:

@@ -44,6 +44,7 @@ from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.binlog.apply import BatchApplier, TableApplyFailed
 from dlt_db_sync.pipeline_management.binlog.ddl import DdlHandler
 from dlt_db_sync.pipeline_management.binlog.lease import LEASE_RETRY_SECONDS, LeaseLost, StreamLease
+from dlt_db_sync.pipeline_management.binlog.shared import StreamShared
 from dlt_db_sync.pipeline_management.binlog.snapshot import Snapshots
 from dlt_db_sync.pipeline_management.binlog.tables import BinlogTables
 from dlt_db_sync.utils.logging_setup import log_fields
@@ -80,13 +81,10 @@ class BinlogStrategy:
         self._streamed = False  # the first start's snapshots are done: later ones run beside the stream
         self._tables = BinlogTables(engines, specs, status)
         self._lease = StreamLease(engines, settings)
-        self._applier = BatchApplier(
-            engines, settings, stop_event, self._tables, status, metrics, self._syncer_instance
-        )
-        self._snapshots = Snapshots(
-            engines, settings, stop_event, self._tables, self._applier, status, metrics, self._syncer_instance
-        )
-        self._ddl = DdlHandler(engines, settings, self._tables, self._applier, self._snapshots, status, metrics)
+        shared = StreamShared(engines, settings, stop_event, status, metrics, self._syncer_instance)
+        self._applier = BatchApplier(shared, self._tables)
+        self._snapshots = Snapshots(shared, self._tables, self._applier)
+        self._ddl = DdlHandler(shared, self._tables, self._applier, self._snapshots)
 
     # ------------------------------------------------------------------ lifecycle
     @property
