@@ -124,7 +124,7 @@ def test_paging_reads_page_after_page_until_a_short_one(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(extraction, "_read", fake_read)
     tables = list(
-        extraction._extract(None, settings_from(), ORDERS, None, None, 2, "pyarrow", Paging("id", 3))  # type: ignore[arg-type]
+        extraction.extract.__wrapped__(None, settings_from(), ORDERS, None, None, 2, "pyarrow", Paging("id", 3))  # type: ignore[arg-type]
     )
     assert [t.num_rows for t in tables] == [2, 1, 3, 1]
     assert queries == [{}, {"after": 3}, {"after": 6}]  # each page starts after the last key read
@@ -133,7 +133,9 @@ def test_paging_reads_page_after_page_until_a_short_one(monkeypatch: pytest.Monk
 def test_paging_stops_after_an_empty_page(monkeypatch: pytest.MonkeyPatch) -> None:
     answers = iter([pages(3), [pa.table({"id": pa.array([], pa.int64())})]])
     monkeypatch.setattr(extraction, "_read", lambda *_args: iter(next(answers)))
-    tables = list(extraction._extract(None, settings_from(), ORDERS, None, None, 10, "pyarrow", Paging("id", 3)))  # type: ignore[arg-type]
+    tables = list(
+        extraction.extract.__wrapped__(None, settings_from(), ORDERS, None, None, 10, "pyarrow", Paging("id", 3))
+    )  # type: ignore[arg-type]
     assert [t.num_rows for t in tables] == [3, 0]
 
 
@@ -141,9 +143,9 @@ def test_without_paging_one_query_reads_only_loaded_columns(monkeypatch: pytest.
     definition = TableDefinition("t", [col("id", "int"), col("total", "int", generated=True)], "")
     seen: list[str] = []
     monkeypatch.setattr(extraction, "_read", lambda _e, _s, query, *_rest: seen.append(str(query)) or iter(pages(5)))
-    assert [t.num_rows for t in extraction._extract(None, settings_from(), definition, None, None, 10, "pyarrow")] == [
-        5
-    ]  # type: ignore[arg-type]
+    assert [
+        t.num_rows for t in extraction.extract.__wrapped__(None, settings_from(), definition, None, None, 10, "pyarrow")
+    ] == [5]  # type: ignore[arg-type]
     assert len(seen) == 1 and "`total`" not in seen[0]  # generated columns are computed by the target
 
 

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import logging
 import os
 import queue
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -39,6 +40,7 @@ logger = logging.getLogger("dlt_sync.extraction")
 
 Backend = Literal["connectorx", "pyarrow"]
 T = TypeVar("T")
+P = ParamSpec("P")
 HANDOVER_POLL_SECONDS = 0.1
 
 
@@ -120,6 +122,23 @@ def preload_extraction_libraries() -> None:
     import pandas  # noqa: F401
 
 
+def _preloaded_first(generator: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
+    """``generator`` that imports the extraction libraries when called, not when first iterated.
+
+    Call the result in the main thread (the rows may then be read in another): dlt and pandas
+    must not be imported for the first time in a worker thread (see :func:`preload_extraction_libraries`).
+    ``__wrapped__`` is the plain generator (unit tests iterate it with fakes).
+    """
+
+    @functools.wraps(generator)
+    def call(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        preload_extraction_libraries()
+        return generator(*args, **kwargs)
+
+    return call
+
+
+@_preloaded_first
 def extract(
     engines: Engines,
     settings: Settings,
@@ -130,25 +149,8 @@ def extract(
     backend: Backend,
     paging: Paging | None = None,
 ) -> Iterator[pa.Table]:
-    """Yield the selected rows of the table as Arrow tables of at most ``chunk_size`` rows.
-
-    Call it in the main thread (the rows may then be read in another): it preloads the extraction
-    libraries here, before the returned iterator runs anywhere.
-    """
-    preload_extraction_libraries()
-    return _extract(engines, settings, source_def, modifier, lower_bound, chunk_size, backend, paging)
-
-
-def _extract(
-    engines: Engines,
-    settings: Settings,
-    source_def: TableDefinition,
-    modifier: str | None,
-    lower_bound: str | None,
-    chunk_size: int,
-    backend: Backend,
-    paging: Paging | None = None,
-) -> Iterator[pa.Table]:
+    """Yield the selected rows of the table as Arrow tables of at most ``chunk_size`` rows
+    (by pages of ``paging`` when given)."""
     if paging is None:
         yield from _read(
             engines,
