@@ -99,7 +99,8 @@ def our_verify(
     from dlt_db_sync.config.tables import TableSpec
     from dlt_db_sync.database.engines import create_engines
     from dlt_db_sync.verification.chunk_compare import compare_table
-    from dlt_db_sync.verification.verifier import CHUNK_SECONDS, PARALLEL_CHUNKS, describe_for_compare, run_verify
+    from dlt_db_sync.verification.repair import CHUNK_SECONDS, PARALLEL_CHUNKS, describe_for_compare
+    from dlt_db_sync.verification.verify_command import run_verify
 
     settings = load_settings(environ(source, target), dotenv_path=None)
     engines = create_engines(settings)

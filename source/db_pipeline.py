@@ -254,7 +254,7 @@ def run_mode(args: argparse.Namespace, settings: Settings, specs: tuple[TableSpe
 
             return run_interruptible(lambda: run_check(engines, settings, specs, stop), stop)
         if args.verify:
-            from dlt_db_sync.verification.verifier import run_verify
+            from dlt_db_sync.verification.verify_command import run_verify
 
             def verify() -> int:
                 check_connectivity(engines)  # fail fast, like --once: no retries against a refused port

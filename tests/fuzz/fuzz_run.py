@@ -34,7 +34,7 @@ from dlt_db_sync.config.tables import parse_tables
 from dlt_db_sync.database.engines import create_engines
 from dlt_db_sync.monitoring.run_state import SyncStatus
 from dlt_db_sync.pipeline_management.syncer import TableSyncer
-from dlt_db_sync.verification.verifier import Verifier
+from dlt_db_sync.verification.verify_command import Verifier
 from mariadb_server import MariaDBServer
 from table_checks import BYTE_STRING_TYPES
 

@@ -19,7 +19,7 @@ from dlt_db_sync.config import settings as config
 from dlt_db_sync.config.tables import parse_tables
 from dlt_db_sync.database.engines import create_engines
 from dlt_db_sync.pipeline_management.syncer import TableResult
-from dlt_db_sync.verification.verifier import run_verify
+from dlt_db_sync.verification.verify_command import run_verify
 from log_lines import logged_line
 from table_checks import assert_identical
 

@@ -134,7 +134,7 @@ def test_shadow_swap_refused_when_it_would_remove_most_rows(sync_env: SyncEnv, m
 def test_repair_by_chunks_guarded(sync_env: SyncEnv, make_syncer: Any, small_chunks: None) -> None:
     from dlt_db_sync.config.tables import TableSpec
     from dlt_db_sync.pipeline_management.delete_guard import MassDeleteRefused
-    from dlt_db_sync.verification.verifier import refresh_by_chunks
+    from dlt_db_sync.verification.repair import refresh_by_chunks
 
     create_items(sync_env, rows=100)
     spec = TableSpec("t", ("id",), sync_strategy="full_refresh")

@@ -190,7 +190,7 @@ def test_repair_by_chunks_applies_the_table_policy(
     from dlt_db_sync.database.engines import create_engines
     from dlt_db_sync.error_handling.errors import DataError
     from dlt_db_sync.schema_management.tables import describe_table
-    from dlt_db_sync.verification.verifier import copy_rows
+    from dlt_db_sync.verification.repair import copy_rows
 
     env = dates_env
     assert run_sync(env, _tables("null"), target=no_zero_target, TARGET_SQL_MODE=STRICT_NO_ZERO).result("zero_full").ok

@@ -256,7 +256,7 @@ def verify(env: SyncEnv, table: str, key: tuple[str, ...], repair: bool = False,
     from dlt_db_sync.config.settings import load_settings
     from dlt_db_sync.config.tables import TableSpec
     from dlt_db_sync.database.engines import create_engines
-    from dlt_db_sync.verification.verifier import run_verify
+    from dlt_db_sync.verification.verify_command import run_verify
 
     settings = load_settings(env.environ(), dotenv_path=None)
     engines = create_engines(settings)

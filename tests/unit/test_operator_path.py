@@ -112,7 +112,7 @@ def test_extraction_imports_dlt_and_pandas_only_when_rows_are_extracted() -> Non
         "import sys; sys.path.insert(0, 'source');\n"
         "import db_pipeline\n"
         "from dlt_db_sync.pipeline_management import syncer, preflight\n"
-        "from dlt_db_sync.verification import verifier\n"
+        "from dlt_db_sync.verification import verify_command\n"
         "from dlt_db_sync.data_processing import file_staging, extraction\n"
         "before = [m for m in ('dlt', 'pandas') if m in sys.modules]\n"
         "extraction.preload_extraction_libraries()\n"

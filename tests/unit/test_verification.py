@@ -27,14 +27,8 @@ from dlt_db_sync.verification.chunk_compare import (
     range_condition,
     row_hash_sql,
 )
-from dlt_db_sync.verification.verifier import (
-    REPORT_HEADER,
-    ReconcileSchedule,
-    VerifyReport,
-    column_drift,
-    format_report,
-    run_verify,
-)
+from dlt_db_sync.verification.repair import ReconcileSchedule
+from dlt_db_sync.verification.verify_command import REPORT_HEADER, VerifyReport, column_drift, format_report, run_verify
 
 
 def col(name: str, data_type: str, nullable: bool = False, charset: str | None = None) -> Column:

@@ -34,7 +34,7 @@ from dlt_db_sync.schema_management.tables import table_exists
 from dlt_db_sync.utils.logging_setup import log_fields
 from dlt_db_sync.verification import chunk_compare
 from dlt_db_sync.verification.chunk_compare import CompareSpec, Key, TableComparer
-from dlt_db_sync.verification.verifier import CHUNK_SECONDS, describe_for_compare, repair_differences
+from dlt_db_sync.verification.repair import CHUNK_SECONDS, describe_for_compare, repair_differences
 
 logger = logging.getLogger("dlt_sync.verification_sweep")
 

@@ -33,7 +33,7 @@ from dlt_db_sync.pipeline_management.binlog.shared import StreamShared
 from dlt_db_sync.pipeline_management.binlog.tables import BinlogTables
 from dlt_db_sync.schema_management.model import Column
 from dlt_db_sync.utils.logging_setup import log_fields
-from dlt_db_sync.verification.verifier import copy_rows
+from dlt_db_sync.verification.repair import copy_rows
 
 logger = logging.getLogger("dlt_sync.binlog")
 

@@ -46,7 +46,7 @@ from dlt_db_sync.pipeline_management.binlog.tables import BinlogTables
 from dlt_db_sync.pipeline_management.change_detection import keys_in
 from dlt_db_sync.schema_management.tables import describe_table, table_exists
 from dlt_db_sync.utils.logging_setup import log_fields
-from dlt_db_sync.verification.verifier import copy_rows
+from dlt_db_sync.verification.repair import copy_rows
 
 logger = logging.getLogger("dlt_sync.binlog")
 

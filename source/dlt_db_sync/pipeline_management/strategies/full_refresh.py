@@ -22,7 +22,7 @@ from dlt_db_sync.pipeline_management.delete_guard import check_deletes
 from dlt_db_sync.pipeline_management.strategies.base import CopyStrategy, TableResult
 from dlt_db_sync.pipeline_management.strategies.transfer import Transfer
 from dlt_db_sync.schema_management.model import TableDefinition
-from dlt_db_sync.verification.verifier import refresh_by_chunks
+from dlt_db_sync.verification.repair import refresh_by_chunks
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 
 An incremental table with ``"deletes": "reconcile"`` gets a key-only comparison after a
 successful sync when its schedule says so (``reconcile_every_cycles`` /
-``reconcile_every_minutes``; see :class:`~dlt_db_sync.verification.verifier.ReconcileSchedule`).
+``reconcile_every_minutes``; see :class:`~dlt_db_sync.verification.repair.ReconcileSchedule`).
 Full-refresh tables need none: the refresh itself removes such rows. The deletion asks
 :mod:`~dlt_db_sync.pipeline_management.delete_guard` first.
 """
@@ -13,7 +13,7 @@ from dlt_db_sync.config.settings import PipelineMode
 from dlt_db_sync.config.tables import TableSpec
 from dlt_db_sync.pipeline_management.context import SyncContext
 from dlt_db_sync.pipeline_management.strategies.base import SyncStrategy, TableResult
-from dlt_db_sync.verification.verifier import ReconcileSchedule, reconcile_deletes
+from dlt_db_sync.verification.repair import ReconcileSchedule, reconcile_deletes
 
 
 class ReconcileStrategy(SyncStrategy):

@@ -32,7 +32,7 @@ from dlt_db_sync.schema_management.deferred_indexes import deferred_index_load
 from dlt_db_sync.schema_management.model import TableDefinition
 from dlt_db_sync.utils.logging_setup import log_fields
 from dlt_db_sync.utils.progress import progress
-from dlt_db_sync.verification.verifier import copy_rows
+from dlt_db_sync.verification.repair import copy_rows
 
 logger = logging.getLogger("dlt_sync.pipeline_management")
 
